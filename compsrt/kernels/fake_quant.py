@@ -1,0 +1,79 @@
+"""Per-tensor asymmetric fake quantization with CompSRT's scalar decomposition.
+
+The spec (DESIGN.md "The maths"), for b bits and qmax = 2^b - 1::
+
+    s = (u - l) / qmax + s2          # step: bound-derived part + learned extra
+    z = l + z2                       # zero offset: bound part + learned extra
+    c = clip(x, l, u)
+    q = clamp(round(c - z) / s), 0, qmax)   # round half to even, straight-through
+    x_hat = s * q + z
+
+Gradients (straight-through round; "sat" = round((c - z) / s) outside [0, qmax])::
+
+    d x_hat / d x  = [l <= x <= u] * [not sat]
+    d x_hat / d s  = (q - (c - z) / s) if not sat else q         -> s2; l (-1/qmax); u (+1/qmax)
+    d x_hat / d z  = 0 if not sat else 1                         -> z2; l (+1)
+    d x_hat / d l += [x < l] * [not sat];  d x_hat / d u += [x > u] * [not sat]
+
+So z2 only learns where codes saturate: at the DOBI start (z = l, s = (u-l)/qmax) no code
+can saturate and its gradient is exactly 0.
+
+Non-finite inputs: +inf and -inf clip to u and l like any outlier; NaN propagates to the
+output (never a silent finite value) and contributes no gradient to the parameters.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+BITS = (2, 3, 4, 8)
+
+
+def _check_bits(bits: int) -> int:
+    if bits not in BITS:
+        raise ValueError(f"bits must be 2, 3, 4 or 8, got {bits}")
+    return 2 ** bits - 1
+
+
+def step_and_zero(lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None,
+                  zero_extra: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(s, z) as fp32 0-d tensors, differentiable in every parameter."""
+    qmax = _check_bits(bits)
+    s = (upper.float() - lower.float()) / qmax
+    z = lower.float()
+    if step_extra is not None:
+        s = s + step_extra.float()
+    if zero_extra is not None:
+        z = z + zero_extra.float()
+    return s, z
+
+
+def fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
+                   zero_extra: Tensor | None = None, return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Quantize-dequantize ``x`` per tensor; autograd gives the straight-through gradients.
+
+    Args:
+        x: float tensor, any shape; computed in fp32 (fp64 stays fp64), returned in x's dtype.
+        lower, upper: 0-d tensors, the clip bounds l < u.
+        bits: 2, 3, 4 or 8.
+        step_extra, zero_extra: 0-d tensors s2, z2 (None = 0).
+        return_codes: also return the integer codes q as uint8 (same shape as x).
+    """
+    s, z = step_and_zero(lower, upper, bits, step_extra, zero_extra)
+    qmax = 2 ** bits - 1
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xc, lo, hi, s, z = x.to(cdt), lower.to(cdt), upper.to(cdt), s.to(cdt), z.to(cdt)
+    c = torch.clamp(xc, lo, hi)
+    y = (c - z) / s
+    r = y + (torch.round(y) - y).detach()  # straight-through rounding
+    q = torch.clamp(r, 0, qmax)            # passes gradient only where 0 <= round(y) <= qmax
+    out = (s * q + z).to(x.dtype)
+    if return_codes:
+        return out, q.detach().to(torch.uint8)
+    return out
+
+
+def fake_quant(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
+               zero_extra: Tensor | None = None) -> Tensor:
+    """Matches :func:`fake_quant_ref` (the fused rotation+quantization kernel covers the GPU path)."""
+    return fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra)

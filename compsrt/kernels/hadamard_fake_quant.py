@@ -1,0 +1,44 @@
+"""Hadamard rotation fused with fake quantization: what every quantized operand goes through."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..errors import CompsrtError
+from .fake_quant import _check_bits, fake_quant_ref, step_and_zero
+from .hadamard import hadamard_ref
+
+
+def hadamard_fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
+                            zero_extra: Tensor | None = None, dim: int = -1,
+                            return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """fake_quant_ref(hadamard_ref(x, dim), ...): the spec the fused kernels are tested against.
+
+    Args:
+        x: float tensor (..., C) (dim=-1) or (..., C, K) (dim=-2).
+        lower, upper, step_extra, zero_extra: 0-d tensors, see :mod:`compsrt.kernels.fake_quant`.
+        bits: 2, 3, 4 or 8.
+        dim: the contraction axis to rotate (padded with zeros to the next power of two n).
+        return_codes: also return the uint8 codes (in the rotated, padded domain).
+    Returns:
+        The dequantized rotated tensor, axis ``dim`` of size n, in x's dtype (and the codes).
+    """
+    return fake_quant_ref(hadamard_ref(x, dim), lower, upper, bits, step_extra, zero_extra, return_codes)
+
+
+def _load_triton():
+    try:
+        from . import hadamard_fake_quant_triton
+    except ImportError as e:
+        raise CompsrtError(f"the CUDA fast path needs Triton ({e}); install it with 'pip install triton'") from None
+    return hadamard_fake_quant_triton
+
+
+def hadamard_fake_quant(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
+                        zero_extra: Tensor | None = None, dim: int = -1,
+                        return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Matches :func:`hadamard_fake_quant_ref`; CUDA tensors run the fused Triton kernels."""
+    _check_bits(bits)
+    if not x.is_cuda:
+        return hadamard_fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes)
+    tri = _load_triton()
+    return tri.hadamard_fake_quant_triton(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes)
