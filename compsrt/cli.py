@@ -1,0 +1,86 @@
+"""``compsrt-infer in.png out.png``: super-resolve an image (or a folder of images).
+
+Uses the bundled FP SwinIR-light weights unless ``--weights`` names a file: official
+``.pth``, our safetensors, or a calibrated CompSRT checkpoint. User mistakes print one line
+and exit 2; outputs are written atomically and never over an input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import CompsrtError
+from .io import SUPPORTED_SUFFIXES, check_image_path, load_image, save_image
+from .infer import upscale
+from .model.load import ARCHS, load_model
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compsrt-infer", description="Super-resolve images with SwinIR-light "
+                                "(FP or CompSRT-compressed) or MambaIRv2-light.")
+    p.add_argument("src", type=Path, help="input image, or a folder of images")
+    p.add_argument("dst", type=Path, help="output image, or a folder (created) when src is a folder")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=2)
+    p.add_argument("--weights", type=Path, help="weights or compressed checkpoint (default: bundled FP weights)")
+    p.add_argument("--arch", choices=ARCHS, default="swinir-light")
+    p.add_argument("--tile", type=int, default=0, help="process in tiles of N LR pixels (0 = whole image)")
+    p.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in LR pixels")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs after checking every path, before any model is loaded."""
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+        if not files:
+            raise CompsrtError(f"{src}: no images ({', '.join(SUPPORTED_SUFFIXES)}) in this folder")
+        if dst.exists() and not dst.is_dir():
+            raise CompsrtError(f"{dst}: exists and is not a folder; give a folder for a folder input")
+        if dst.resolve() == src.resolve():
+            raise CompsrtError(f"{dst}: output folder is the input folder; choose another so inputs are kept")
+        return [(f, dst / f.name) for f in files]
+    check_image_path(src)
+    if dst.suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise CompsrtError(f"{dst}: unsupported output format '{dst.suffix}'; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise CompsrtError(f"{dst}: output path is the input file; choose another so the input is kept")
+    return [(src, dst)]
+
+
+def _device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CompsrtError(f"--device {name!r} is not a device name; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CompsrtError("--device cuda asked but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
+            raise CompsrtError(f"--tile {args.tile} --tile-overlap {args.tile_overlap}: need tile >= 0 and overlap < tile")
+        jobs = _jobs(args.src, args.dst)
+        dev = _device(args.device)
+        model = load_model(args.weights, args.scale, args.arch).to(dev)
+        from tqdm import tqdm
+
+        for src, dst in tqdm(jobs, desc="images", disable=args.quiet or len(jobs) < 2):
+            img = load_image(src)
+            out = upscale(model, img, args.scale, args.tile, args.tile_overlap, dev, progress=not args.quiet)
+            save_image(out, dst)
+    except (CompsrtError, OSError) as e:
+        print(f"compsrt-infer: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
