@@ -122,8 +122,9 @@ def save_image(img: Image, path: Path) -> None:
     if img.gray:
         y = img.rgb.mean(0, keepdim=True)
         if bits == 16 and img.alpha is None:
-            pil = PILImage.fromarray(to_uint(y, 16)[..., 0].astype(np.uint16), mode="I;16")
-        elif img.alpha is not None and not jpeg:
+            # A 2-D uint16 array becomes "I;16" by itself; Pillow 13 rejects an explicit mode="I;16".
+            pil = PILImage.fromarray(np.ascontiguousarray(to_uint(y, 16)[..., 0]))
+        elif img.alpha is not None and not jpeg and suffix != ".bmp":  # Pillow cannot write LA as BMP
             pil = PILImage.fromarray(np.concatenate([to_uint(y), to_uint(img.alpha)], axis=2), mode="LA")
         else:
             pil = PILImage.fromarray(to_uint(y)[..., 0], mode="L")

@@ -1,0 +1,176 @@
+"""python -m compsrt.train: the loss falls, and a killed-then-resumed run is bit-identical.
+
+Everything runs the full SwinIR-light (train() builds it) in float32 on tiny data: six
+synthetic 64x64 images, batch 2, 16px LR patches, validation on two held-out 16px crops.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import compsrt.train as train_mod
+from compsrt.config import SwinIRConfig
+from compsrt.data import Pair
+from compsrt.errors import CompsrtError
+from compsrt.model.swinir import SwinIRLight
+from compsrt.train import TrainConfig, init_from, lr_at, main, split_holdout, train
+
+N_ITERS = 8   # the whole run
+KILL_AT = 5   # killed during iteration 5, after its optimizer step, before its checkpoint
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, make_rgb, write_png) -> Path:
+    folder = tmp_path_factory.mktemp("train_images")
+    for i in range(6):
+        write_png(folder / f"im{i}.png", make_rgb(64, 64, seed=100 + i))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cfg(images) -> TrainConfig:
+    return TrainConfig(scale=2, iters=N_ITERS, batch=2, patch=16, lr=2e-3, warmup=2, bf16=False, val_every=1,
+                       val_images=2, val_patch=16, seed=0, data=(str(images),))
+
+
+@pytest.fixture(scope="module")
+def full_run(cfg, tmp_path_factory) -> Path:
+    """An uninterrupted run of N_ITERS iterations."""
+    out = tmp_path_factory.mktemp("full")
+    best = train(cfg, out, progress=False)
+    assert math.isfinite(best)
+    return out
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _iteration(path: Path) -> int:
+    with safe_open(str(path), "pt") as f:
+        return int(f.metadata()["iteration"])
+
+
+def test_loss_falls(full_run):
+    log = _log(full_run)
+    assert [r["iteration"] for r in log] == list(range(1, N_ITERS + 1))
+    loss = [r["loss"] for r in log]
+    psnr = [r["val_psnr_db"] for r in log]
+    print("loss:", loss, "val PSNR:", psnr)
+    assert sum(loss[-3:]) / 3 < 0.75 * sum(loss[:3]) / 3
+    assert max(psnr[-3:]) > psnr[0] + 1
+    assert (full_run / "best.safetensors").is_file() and (full_run / "args.json").is_file()
+
+
+def test_killed_then_resumed_is_bit_identical(cfg, full_run, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    real_validate = train_mod.validate
+    calls = []
+
+    def validate_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == KILL_AT:  # the kill lands after iteration KILL_AT's optimizer step
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "validate", validate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress=False)
+    monkeypatch.setattr(train_mod, "validate", real_validate)
+    assert _iteration(out / "state.safetensors") == KILL_AT - 1  # the last completed checkpoint
+
+    train(cfg, out, resume=True, progress=False)
+    assert _iteration(out / "state.safetensors") == N_ITERS
+    for name in ("state.safetensors", "best.safetensors"):
+        a, b = load_file(str(full_run / name)), load_file(str(out / name))
+        assert a.keys() == b.keys(), name
+        different = [k for k in a if not torch.equal(a[k], b[k])]
+        assert different == [], f"{name}: {different[:3]}"
+    assert _iteration(out / "best.safetensors") == _iteration(full_run / "best.safetensors")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(_log(out)) == strip(_log(full_run))
+
+
+def test_second_run_without_resume_exits_2(capsys, images, full_run):
+    before = (full_run / "state.safetensors").read_bytes()
+    rc = main(["--scale", "2", "--data", str(images), "--out", str(full_run), "--iters", "2", "--no-bf16"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("compsrt.train: error:")]
+    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err
+    assert (full_run / "state.safetensors").read_bytes() == before
+
+
+def test_cli_short_run(capsys, images, tmp_path):
+    out = tmp_path / "run"
+    rc = main(["--scale", "2", "--data", str(images), "--out", str(out), "--iters", "2", "--batch", "2",
+               "--patch", "16", "--warmup", "1", "--val-every", "1", "--val-images", "2", "--no-bf16"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "best validation PSNR" in cap.out
+    args = json.loads((out / "args.json").read_text())
+    assert args["bf16"] is False and args["iters"] == 2 and args["data"] == [str(images)]
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.safetensors", "log.jsonl", "state.safetensors"]
+    from compsrt.model.weights import load_swinir
+
+    assert load_swinir(out / "best.safetensors", 2).cfg == SwinIRConfig(scale=2)
+
+
+@pytest.mark.parametrize("argv, expected", [(["--data", "NOPE"], "not a folder"),
+                                            (["--init", "NOPE.safetensors"], "not found"),
+                                            (["--iters", "0"], "iters must be >= 1")])
+def test_cli_user_mistakes(capsys, images, tmp_path, argv, expected):
+    base = {"--scale": "2", "--data": str(images), "--out": str(tmp_path / "o")}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        base[flag] = str(tmp_path / value) if value.startswith("NOPE") else value
+    rc = main([x for kv in base.items() for x in kv])
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_lr_schedule():
+    c = TrainConfig(iters=100, warmup=10, lr=1e-3, min_lr=1e-5)
+    assert lr_at(c, 0) == pytest.approx(1e-4) and lr_at(c, 9) == pytest.approx(1e-3)
+    assert lr_at(c, 10) == pytest.approx(1e-3) and lr_at(c, 100) == pytest.approx(1e-5)
+    after = [lr_at(c, i) for i in range(10, 101)]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    assert lr_at(replace(c, warmup=0), 0) == pytest.approx(1e-3)
+
+
+def test_split_holdout_fixed_and_disjoint():
+    import numpy as np
+
+    pairs = [Pair(str(i), np.zeros((1, 1, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)) for i in range(10)]
+    tr, val = split_holdout(pairs, 3, seed=0)
+    tr2, val2 = split_holdout(pairs, 3, seed=0)
+    assert [p.name for p in val] == [p.name for p in val2] and len(val) == 3 and len(tr) == 7
+    assert not {p.name for p in tr} & {p.name for p in val}
+
+
+def test_init_from_copies_matching_tensors(test_weights, state_dict_x2):
+    torch.manual_seed(0)
+    x3 = SwinIRLight(SwinIRConfig(scale=3))
+    n = init_from(x3, test_weights)
+    own = x3.state_dict()
+    assert n == len(own) - 2  # all but upsample.0.weight / .bias (scale-specific)
+    assert torch.equal(own["layers.0.conv.weight"], state_dict_x2["layers.0.conv.weight"])
+    assert not torch.equal(own["upsample.0.bias"][:12], state_dict_x2["upsample.0.bias"])
+
+
+@pytest.mark.parametrize("field, value", [("iters", 0), ("batch", 0), ("lr", 0.0)])
+def test_train_config_validation(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_train_refuses_existing_run_before_work(tmp_path):
+    (tmp_path / "state.safetensors").write_bytes(b"")
+    with pytest.raises(CompsrtError, match="holds a run already"):
+        train(TrainConfig(data=("unused",)), tmp_path, progress=False)
