@@ -5,7 +5,7 @@ The spec (DESIGN.md "The maths"), for b bits and qmax = 2^b - 1::
     s = (u - l) / qmax + s2          # step: bound-derived part + learned extra
     z = l + z2                       # zero offset: bound part + learned extra
     c = clip(x, l, u)
-    q = clamp(round(c - z) / s), 0, qmax)   # round half to even, straight-through
+    q = clamp(round((c - z) / s), 0, qmax)  # round half to even, straight-through
     x_hat = s * q + z
 
 Gradients (straight-through round; "sat" = round((c - z) / s) outside [0, qmax])::
@@ -19,7 +19,8 @@ So z2 only learns where codes saturate: at the DOBI start (z = l, s = (u-l)/qmax
 can saturate and its gradient is exactly 0.
 
 Non-finite inputs: +inf and -inf clip to u and l like any outlier; NaN propagates to the
-output (never a silent finite value) and contributes no gradient to the parameters.
+output (never a silent finite value) and contributes no gradient to x or the parameters;
+its code (return_codes) is 0.
 """
 from __future__ import annotations
 
@@ -63,13 +64,18 @@ def fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extr
     qmax = 2 ** bits - 1
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     xc, lo, hi, s, z = x.to(cdt), lower.to(cdt), upper.to(cdt), s.to(cdt), z.to(cdt)
-    c = torch.clamp(xc, lo, hi)
+    nan = torch.isnan(xc)  # quantize a finite stand-in and restore NaN after: no NaN in any gradient
+    c = torch.clamp(xc.masked_fill(nan, 0), lo, hi)
     y = (c - z) / s
-    r = y + (torch.round(y) - y).detach()  # straight-through rounding
-    q = torch.clamp(r, 0, qmax)            # passes gradient only where 0 <= round(y) <= qmax
-    out = (s * q + z).to(x.dtype)
+    r = torch.round(y)
+    q = torch.clamp(r, 0, qmax).detach()
+    # Straight-through gradients, written out: in range d/dc = 1, d/ds = q - y, d/dz = 0 exactly;
+    # saturated d/ds = q, d/dz = 1. (Chaining through s * round_ste((c - z) / s) leaves fp32 noise on
+    # d/dz where it must be 0, which Adam would turn into full-size steps of z2.)
+    ste = torch.where((r >= 0) & (r <= qmax), c + s * (q - y).detach(), s * q + z)
+    out = ((s * q + z).detach() + (ste - ste.detach())).masked_fill(nan, float("nan")).to(x.dtype)
     if return_codes:
-        return out, q.detach().to(torch.uint8)
+        return out, q.masked_fill(nan, 0).to(torch.uint8)
     return out
 
 

@@ -1,6 +1,7 @@
 """Hadamard rotation fused with fake quantization: what every quantized operand goes through."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..errors import CompsrtError
@@ -11,7 +12,8 @@ from .hadamard import hadamard_ref
 def hadamard_fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
                             zero_extra: Tensor | None = None, dim: int = -1,
                             return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """fake_quant_ref(hadamard_ref(x, dim), ...): the spec the fused kernels are tested against.
+    """fake_quant_ref(hadamard_ref(x, dim), ...) with the rotation kept in fp32 for half inputs:
+    the spec the fused kernels are tested against.
 
     Args:
         x: float tensor (..., C) (dim=-1) or (..., C, K) (dim=-2).
@@ -22,6 +24,11 @@ def hadamard_fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, 
     Returns:
         The dequantized rotated tensor, axis ``dim`` of size n, in x's dtype (and the codes).
     """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # Quantize the fp32 rotation: rounding it to x's dtype first would move bf16 codes at 8 bits
+        # on ~4% of elements, and the fused kernels keep it in fp32.
+        res = fake_quant_ref(hadamard_ref(x.float(), dim), lower, upper, bits, step_extra, zero_extra, return_codes)
+        return (res[0].to(x.dtype), res[1]) if return_codes else res.to(x.dtype)
     return fake_quant_ref(hadamard_ref(x, dim), lower, upper, bits, step_extra, zero_extra, return_codes)
 
 
