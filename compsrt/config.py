@@ -40,3 +40,83 @@ class SwinIRConfig:
     @property
     def mlp_hidden(self) -> int:
         return int(self.embed_dim * self.mlp_ratio)
+
+
+ROTATIONS = ("none", "deploy", "official")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How SwinIR-light is quantized (and pruned). Presets: ``compsrt.calib.methods.METHODS``.
+
+    rotation: "deploy" rotates both operands of every product along its contraction axis and
+        keeps them rotated (DESIGN.md's deployable form); "official" quantizes each operand in
+        the rotated domain, then rotates back and crops (the official code's way); "none" is
+        2DQuant (no rotation).
+    rotate_acts: False rotates weights only (the paper's Figure 6 ablation); only meaningful,
+        and only allowed, with rotation="official".
+    decompose: learn the step and zero extras s2, z2 (the scalar decomposition).
+    train_bounds: learn l, u during finetuning (False = "tuning only": bounds frozen at DOBI).
+    one_sided: search a non-negative tensor's bounds one-sided (lower bound fixed at its min).
+    prune: fraction of each quantized weight's rotated out x n coefficients (or of its output
+        channels, prune_mode="channel") set to exactly zero; 0 disables pruning.
+    """
+
+    bits: int = 4
+    rotation: str = "deploy"
+    rotate_acts: bool = True
+    decompose: bool = True
+    train_bounds: bool = True
+    one_sided: bool = True
+    prune: float = 0.0
+    prune_mode: str = "unstructured"
+
+    def __post_init__(self) -> None:
+        if self.bits not in (2, 3, 4, 8):
+            raise ValueError(f"bits must be 2, 3, 4 or 8, got {self.bits}")
+        if self.rotation not in ROTATIONS:
+            raise ValueError(f"rotation must be one of {ROTATIONS}, got {self.rotation!r}")
+        if not self.rotate_acts and self.rotation != "official":
+            raise ValueError("rotating weights only (rotate_acts=False) needs rotation='official'")
+        if not 0.0 <= self.prune < 1.0:
+            raise ValueError(f"prune must be in [0, 1), got {self.prune}")
+        if self.prune_mode not in ("unstructured", "channel"):
+            raise ValueError(f"prune_mode must be 'unstructured' or 'channel', got {self.prune_mode!r}")
+        if not (self.decompose or self.train_bounds):
+            raise ValueError("nothing to train: decompose=False and train_bounds=False")
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Calibration and distillation finetuning (DOBI + DQC). Defaults are the quick CPU run.
+
+    The paper's setting is iters=4000, batch=16 (``CalibConfig.full()``).
+    """
+
+    iters: int = 200
+    batch: int = 4              # finetuning batch of LR patches
+    patch: int = 64             # LR patch side
+    calib_batch: int = 16       # patches in the one DOBI batch
+    lr: float = 1e-2
+    lr_relative: bool = True    # per quantizer, lr x its DOBI range (u - l); False = one absolute lr
+    clip: float = 1.0           # gradient value clipping, as the official code
+    feature_loss: float = 0.0   # weight of the normalized feature loss on the 4 stage outputs
+    val_every: int = 50
+    val_patches: int = 8
+    search_candidates: int = 100
+    search_max_elems: int = 1 << 16   # DOBI's objective subsample (elements)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "patch", "calib_batch", "val_every", "val_patches", "search_candidates"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.iters < 0:
+            raise ValueError(f"iters must be >= 0, got {self.iters}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    @classmethod
+    def full(cls, **kw) -> "CalibConfig":
+        """The paper's setting: 4000 iterations of batch 16."""
+        return cls(**{"iters": 4000, "batch": 16, "calib_batch": 32, "val_every": 200, **kw})

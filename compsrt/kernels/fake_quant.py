@@ -81,5 +81,8 @@ def fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extr
 
 def fake_quant(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
                zero_extra: Tensor | None = None) -> Tensor:
-    """Matches :func:`fake_quant_ref` (the fused rotation+quantization kernel covers the GPU path)."""
-    return fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra)
+    """Matches :func:`fake_quant_ref`, saving only its input for backward (see fake_quant_lean)."""
+    from .fake_quant_lean import fake_quant_lean  # lazy: that module imports this one
+
+    _check_bits(bits)
+    return fake_quant_lean(x, lower, upper, bits, step_extra, zero_extra)

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CompsrtError
-from .fake_quant import _check_bits, fake_quant_ref, step_and_zero
+from .fake_quant import _check_bits, fake_quant, fake_quant_ref, step_and_zero
 from .hadamard import hadamard_ref
 
 
@@ -46,6 +46,9 @@ def hadamard_fake_quant(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step
     """Matches :func:`hadamard_fake_quant_ref`; CUDA tensors run the fused Triton kernels."""
     _check_bits(bits)
     if not x.is_cuda:
-        return hadamard_fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes)
+        if return_codes:
+            return hadamard_fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes)
+        return fake_quant(hadamard_ref(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim),
+                          lower, upper, bits, step_extra, zero_extra).to(x.dtype)
     tri = _load_triton()
     return tri.hadamard_fake_quant_triton(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes)

@@ -55,7 +55,7 @@ def load_model(weights: Path | None, scale: int, arch: str = "swinir-light") -> 
     if kind == "fp":
         return load_swinir(path, scale)
     if kind == "compsrt-calibrated":
-        from .quant_swinir import load_calibrated
+        from .compress import load_calibrated
 
         return load_calibrated(path, scale).eval()
     raise CompsrtError(f"{path}: unknown checkpoint format {kind!r}; is this compsrt version too old?")

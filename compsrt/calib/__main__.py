@@ -1,0 +1,153 @@
+"""``python -m compsrt.calib``: FP SwinIR-light weights -> a 2/3/4-bit CompSRT checkpoint.
+
+Quick default (CPU, minutes): ``python -m compsrt.calib --scale 2 --bits 4 --out C``.
+The paper's setting: ``--iters 4000 --batch 16`` (used automatically on a GPU unless the
+flags are given). Writes ``C/model.safetensors`` (loadable by ``compsrt-infer --weights``
+and ``python -m compsrt.eval --weights``), ``C/report.json``, ``C/report.md`` and the
+resumable state ``C/calib_state.safetensors``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from ..config import CalibConfig
+from ..data import load_training_pairs
+from ..errors import CompsrtError
+from ..io import atomic_path
+from ..model.compress import save_calibrated
+from ..model.load import load_model
+from .calibrate import calibrate
+from .methods import METHODS, method_config
+
+
+def bundled_calib_images() -> Path:
+    """A few 256x256 crops of BSD200/T91 training images shipped for the quick default."""
+    return Path(str(resources.files("compsrt") / "assets" / "calib"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = CalibConfig()
+    p = argparse.ArgumentParser(prog="python -m compsrt.calib", description=__doc__.split("\n")[0])
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
+    p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--method", choices=list(METHODS), default="compsrt")
+    p.add_argument("--official-rotation", action="store_true",
+                   help="quantize each operand rotated, then rotate back (the official code's way)")
+    p.add_argument("--rotate", choices=("both", "weights"), default="both",
+                   help="'weights' rotates weights only (Figure 6); needs --official-rotation")
+    p.add_argument("--weights", type=Path, help="FP weights (default: the bundled ones of --scale)")
+    p.add_argument("--data", type=Path, nargs="+", help="folders of HR training images (default: bundled crops); "
+                   "never a benchmark test set")
+    p.add_argument("--val-images", type=int, default=3, help="training images held out for keep-best")
+    p.add_argument("--iters", type=int, help=f"finetuning iterations (default {d.iters}; 4000 on a GPU)")
+    p.add_argument("--batch", type=int, help=f"finetuning batch (default {d.batch}; 16 on a GPU)")
+    p.add_argument("--calib-batch", type=int, default=d.calib_batch, help="patches in the DOBI batch")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--feature-loss", type=float, default=d.feature_loss, help="weight of the stage feature loss")
+    p.add_argument("--prune", type=float, default=0.0, help="fraction pruned per quantized weight (e.g. 0.4)")
+    p.add_argument("--prune-mode", choices=("unstructured", "channel"), default="unstructured")
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--eval-data", type=Path, help="benchmark folder to evaluate on after calibration "
+                   "(e.g. ../shared/data/benchmark); omitted = no evaluation")
+    p.add_argument("--eval-sets", nargs="+", default=["Set5", "Set14", "B100"])
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _calib_config(a: argparse.Namespace) -> CalibConfig:
+    on_gpu = str(a.device).startswith("cuda")
+    base = CalibConfig.full() if on_gpu else CalibConfig()
+    return CalibConfig(**{**asdict(base), "iters": a.iters if a.iters is not None else base.iters,
+                          "batch": a.batch if a.batch is not None else base.batch,
+                          "calib_batch": a.calib_batch, "lr": a.lr, "feature_loss": a.feature_loss,
+                          "val_every": a.val_every, "seed": a.seed})
+
+
+def write_report(out: Path, report: dict) -> None:
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    r, c = report["calibration"], report["config"]
+    lines = [f"# CompSRT calibration: {c['method']} W{c['quant']['bits']}A{c['quant']['bits']} x{c['scale']}", "",
+             f"- weights: {c['weights']}; data: {', '.join(c['data'])}",
+             f"- quant: {json.dumps(c['quant'])}", f"- calib: {json.dumps(c['calib'])}",
+             f"- DOBI {r['dobi_seconds']:.1f} s; finetuning {r['finetune_seconds']:.1f} s for {r['iters_done']} "
+             f"iterations ({r['seconds_per_iter']:.2f} s/iter incl. validation) on {c['device']}",
+             f"- held-out training patches PSNR: FP {r['fp_val_psnr_db']:.3f}, after DOBI "
+             f"{r['start_val_psnr_db']:.3f}, best {r['best_val_psnr_db']:.3f} dB (iteration {r['best_iter']})"]
+    if r["stopped"]:
+        lines.append(f"- stopped early: {r['stopped']}")
+    if report.get("eval"):
+        lines += ["", "| set | FP PSNR | FP SSIM | quantized PSNR | quantized SSIM | drop (dB) |", "|---|---|---|---|---|---|"]
+        for name, e in report["eval"].items():
+            lines.append(f"| {name} | {e['fp_psnr_db']:.3f} | {e['fp_ssim']:.4f} | {e['psnr_db']:.3f} | "
+                         f"{e['ssim']:.4f} | {e['fp_psnr_db'] - e['psnr_db']:.3f} |")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        quant = method_config(a.method, a.bits, a.official_rotation, a.rotate, a.prune, a.prune_mode)
+        cfg = _calib_config(a)
+    except ValueError as e:
+        print(f"compsrt.calib: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        if a.device.startswith("cuda") and not torch.cuda.is_available():
+            raise CompsrtError("--device cuda asked but no CUDA GPU is available; use --device cpu")
+        state = a.out / "calib_state.safetensors"
+        if state.exists() and not a.resume:
+            raise CompsrtError(f"{a.out}: holds a calibration run; pass --resume to continue it or choose another --out")
+        data = a.data or [bundled_calib_images()]
+        for d in data:
+            if not Path(d).is_dir():
+                raise CompsrtError(f"{d}: not a folder of training images")
+        if a.eval_data is not None and not a.eval_data.is_dir():
+            raise CompsrtError(f"{a.eval_data}: not a benchmark folder")
+        fp = load_model(a.weights, a.scale)
+        pairs = [p for p in load_training_pairs(list(data), a.scale, progress=not a.quiet)
+                 if min(p.lr.shape[:2]) >= cfg.patch]
+        if len(pairs) <= a.val_images:
+            raise CompsrtError(f"need more than {a.val_images} training images of at least {cfg.patch * a.scale}px "
+                               f"in {', '.join(map(str, data))}; found {len(pairs)}")
+        train, val = pairs[a.val_images:], pairs[:a.val_images]
+        a.out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        model, rep = calibrate(fp, train, val, quant, cfg, state, a.resume, not a.quiet, a.device)
+        wall = time.perf_counter() - t0
+        weights_name = str(a.weights) if a.weights else f"bundled swinir_light_x{a.scale}"
+        config = {"method": a.method, "scale": a.scale, "weights": weights_name, "data": [str(d) for d in data],
+                  "device": str(a.device), "quant": asdict(quant), "calib": asdict(cfg)}
+        save_calibrated(model.cpu(), a.out / "model.safetensors", provenance={**config, "iters_done": rep.iters_done})
+        report = {"config": config, "wall_seconds": wall, "calibration": asdict(rep)}
+        if a.eval_data is not None:
+            from ..eval import evaluate
+
+            q = evaluate(model, a.eval_data, a.eval_sets, a.scale, a.device, progress=not a.quiet)
+            f = evaluate(fp, a.eval_data, a.eval_sets, a.scale, a.device, progress=not a.quiet)
+            report["eval"] = {n: {"psnr_db": q[n]["psnr_db"], "ssim": q[n]["ssim"], "fp_psnr_db": f[n]["psnr_db"],
+                                  "fp_ssim": f[n]["ssim"], "seconds_per_image": q[n]["seconds_per_image"]}
+                              for n in a.eval_sets}
+        write_report(a.out, report)
+    except (CompsrtError, OSError) as e:
+        print(f"compsrt.calib: error: {e}", file=sys.stderr)
+        return 2
+    print((a.out / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

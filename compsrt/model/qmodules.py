@@ -1,0 +1,183 @@
+"""Quantized building blocks of SwinIR-light: quantizers, QuantLinear, quantized attention.
+
+Every quantized product ``y = a @ b`` goes through two quantizers, one per operand. With
+``rotation="deploy"`` both operands are rotated along the contraction axis and stay rotated
+(``Q(pad(x) H) @ Q(pad(W) H)^T``: equal to ``x W^T`` when quantization is off); with
+"official" each operand is quantized in the rotated domain, then rotated back and cropped;
+with "none" (2DQuant) nothing is rotated.
+
+A quantizer searches its bounds (DOBI) the first time it runs in ``calibrating`` mode and
+fake-quantizes from then on; its four scalars (l, u, s2, z2) are the trainable parameters.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..calib.dobi import dobi
+from ..config import QuantConfig
+from ..kernels import fake_quant, hadamard, hadamard_fake_quant
+
+STEP_EPS = 1e-8
+
+
+class Quantizer(nn.Module):
+    """Per-tensor asymmetric quantizer with learned bounds and decomposition extras."""
+
+    def __init__(self, cfg: QuantConfig) -> None:
+        super().__init__()
+        self.bits = cfg.bits
+        self.one_sided = cfg.one_sided
+        self.lower = nn.Parameter(torch.tensor(0.0), requires_grad=cfg.train_bounds)
+        self.upper = nn.Parameter(torch.tensor(1.0), requires_grad=cfg.train_bounds)
+        self.step_extra = nn.Parameter(torch.tensor(0.0), requires_grad=cfg.decompose)
+        self.zero_extra = nn.Parameter(torch.tensor(0.0), requires_grad=cfg.decompose)
+        self.calibrating = False
+        self.search_kw: dict = {}
+
+    def extras(self) -> tuple[Tensor | None, Tensor | None]:
+        if self.step_extra.requires_grad:
+            return self.step_extra, self.zero_extra
+        return None, None
+
+    @torch.no_grad()
+    def search(self, t: Tensor) -> None:
+        """Set (l, u) by DOBI on ``t`` (already in the quantization domain); extras reset to 0."""
+        one_sided = self.one_sided and bool(t.min() >= 0)
+        lo, hi = dobi(t, self.bits, one_sided=one_sided, **self.search_kw)
+        self.lower.fill_(lo)
+        self.upper.fill_(hi)
+        self.step_extra.zero_()
+        self.zero_extra.zero_()
+
+    def step(self) -> Tensor:
+        return (self.upper - self.lower) / (2 ** self.bits - 1) + self.step_extra
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Keep u > l and the step positive after an optimizer update (the guard, not an error)."""
+        qmax = 2 ** self.bits - 1
+        self.upper.copy_(torch.maximum(self.upper, self.lower + qmax * STEP_EPS))
+        base = (self.upper - self.lower) / qmax
+        self.step_extra.copy_(torch.maximum(self.step_extra, STEP_EPS - base))
+
+    def fake(self, t: Tensor) -> Tensor:
+        s2, z2 = self.extras()
+        return fake_quant(t, self.lower, self.upper, self.bits, s2, z2)
+
+
+class ActQuantizer(Quantizer):
+    """Quantizer of an activation operand, rotating along ``dim`` as the config says."""
+
+    def __init__(self, cfg: QuantConfig, dim: int = -1) -> None:
+        super().__init__(cfg)
+        self.dim = dim
+        self.rotation = cfg.rotation if cfg.rotate_acts else "none"
+
+    def to_domain(self, x: Tensor) -> Tensor:
+        return x if self.rotation == "none" else hadamard(x, self.dim)
+
+    def quantize_domain(self, t: Tensor) -> Tensor:
+        """Fake-quantize a tensor already in the quantization domain (searching bounds first
+        when calibrating); callers that share one rotation between quantizers use this."""
+        if self.calibrating:
+            self.search(t)
+        return self.fake(t)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.rotation == "deploy" and not self.calibrating:
+            s2, z2 = self.extras()  # the fused path (Triton on CUDA)
+            return hadamard_fake_quant(x, self.lower, self.upper, self.bits, s2, z2, dim=self.dim)
+        t = self.quantize_domain(self.to_domain(x))
+        if self.rotation == "official":  # rotate back (H is its own inverse) and crop the padding
+            t = hadamard(t, self.dim)
+            t = t[..., : x.shape[-1]] if self.dim == -1 else t[..., : x.shape[-2], :]
+        return t
+
+
+class WeightQuantizer(Quantizer):
+    """Quantizer of a frozen weight (out, in): rotated once, pruned by a fixed mask.
+
+    ``w_dom`` is the weight in the quantization domain (rotated for deploy/official);
+    ``mask`` (same shape, or None) marks kept coefficients: pruned ones dequantize to 0
+    exactly and DOBI searches only over the kept ones.
+    """
+
+    def __init__(self, cfg: QuantConfig, weight: Tensor) -> None:
+        super().__init__(cfg)
+        self.rotation = cfg.rotation
+        self.in_features = weight.shape[1]
+        self.register_buffer("w_dom", self.to_domain(weight.detach()), persistent=False)
+        self.register_buffer("mask", None)
+
+    def to_domain(self, w: Tensor) -> Tensor:
+        return w if self.rotation == "none" else hadamard(w, -1)
+
+    def set_mask(self, mask: Tensor | None) -> None:
+        self.mask = None if mask is None else mask.to(torch.bool)
+
+    def forward(self) -> Tensor:
+        t = self.w_dom
+        if self.calibrating:
+            self.search(t if self.mask is None else t[self.mask])
+        t = self.fake(t)
+        if self.mask is not None:
+            t = t * self.mask
+        if self.rotation == "official":
+            t = hadamard(t, -1)[:, : self.in_features]
+        return t
+
+
+class QuantLinear(nn.Module):
+    """A Linear whose input and weight are quantized; ``splits`` row blocks (qkv -> 3) each
+    get their own weight and input quantizer, as 2DQuant splits qkv into q, k and v.
+
+    Keeps ``weight``/``bias`` under their original names so FP keys stay official.
+    """
+
+    def __init__(self, linear: nn.Linear, cfg: QuantConfig, splits: int = 1) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
+        self.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.splits = splits
+        rows = self.weight.shape[0] // splits
+        self.wq = nn.ModuleList(WeightQuantizer(cfg, self.weight[i * rows:(i + 1) * rows]) for i in range(splits))
+        self.aq = nn.ModuleList(ActQuantizer(cfg, -1) for _ in range(splits))
+        self.acts_rotated = cfg.rotation == "deploy"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.splits > 1 and self.acts_rotated and not x.is_cuda:
+            # q, k and v see the same input: on the CPU rotate it once for their three quantizers
+            # (on CUDA each runs the fused rotate+quantize kernel, cheaper than a stored rotation).
+            t = self.aq[0].to_domain(x)
+            xs = [aq.quantize_domain(t) for aq in self.aq]
+        else:
+            xs = [aq(x) for aq in self.aq]
+        outs = [xq @ wq().to(x.dtype).T for xq, wq in zip(xs, self.wq)]
+        y = outs[0] if self.splits == 1 else torch.cat(outs, -1)
+        return y + self.bias.to(y.dtype)
+
+
+class QuantAttend(nn.Module):
+    """softmax(Q(q*scale) Q(k)^T + bias) -> Q(attn) Q(v): the two quantized attention products.
+
+    Rotation axes: q and k along the head dim (10 -> 16); attn along its last axis and v
+    along its token axis (-2) in deploy mode; v along its head dim in official mode (as the
+    official code does: then attn @ v is not a rotated-domain product).
+    """
+
+    def __init__(self, cfg: QuantConfig) -> None:
+        super().__init__()
+        self.q = ActQuantizer(cfg, -1)
+        self.k = ActQuantizer(cfg, -1)
+        self.a = ActQuantizer(cfg, -1)
+        self.v = ActQuantizer(cfg, -2 if cfg.rotation == "deploy" else -1)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
+        logits = self.q(q * scale) @ self.k(k).transpose(-2, -1) + bias.to(q.dtype)
+        attn = logits.softmax(-1).to(v.dtype)
+        return self.a(attn) @ self.v(v)
+
+
+def quantizers(model: nn.Module) -> list[Quantizer]:
+    return [m for m in model.modules() if isinstance(m, Quantizer)]
