@@ -1,0 +1,236 @@
+"""Calibration on a tiny SwinIR-light: every method trains, 8 bits is near lossless, every
+quantizer parameter gets gradient, pruning holds its ratio and exact zeros, checkpoints
+round-trip, and the CLI turns bad flags into one-line errors."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compsrt.calib.calibrate import _optimizer, calibrate
+from compsrt.calib.dobi import dobi
+from compsrt.calib.methods import METHODS, method_config
+from compsrt.config import CalibConfig, QuantConfig, SwinIRConfig
+from compsrt.data import Pair
+from compsrt.kernels import hadamard
+from compsrt.model.compress import (compress_, load_calibrated, quant_parameters, save_calibrated,
+                                    set_calibrating)
+from compsrt.model.qmodules import QuantLinear, WeightQuantizer, quantizers
+from compsrt.model.swinir import SwinIRLight
+
+TINY = SwinIRConfig(scale=2, embed_dim=12, depths=(2,), num_heads=(2,))
+
+
+def smooth_images(n: int, size: int, seed: int) -> list[Pair]:
+    """Blurry random images (SR-like content), with LR made by 2x2 averaging."""
+    g = torch.Generator().manual_seed(seed)
+    pairs = []
+    for i in range(n):
+        hr = F.interpolate(torch.rand(1, 3, size // 8, size // 8, generator=g), size=(size, size), mode="bicubic",
+                           align_corners=False).clamp(0, 1)
+        lr = F.avg_pool2d(hr, 2)
+        to8 = lambda t: (t[0].permute(1, 2, 0) * 255).round().byte().numpy()  # noqa: E731
+        pairs.append(Pair(f"img{i}", to8(lr), to8(hr)))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def fp_model() -> SwinIRLight:
+    """A tiny model briefly fitted to bicubic-like SR, so quantization error is measurable."""
+    torch.manual_seed(0)
+    model = SwinIRLight(TINY)
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    pairs = smooth_images(4, 64, 1)
+    lr = torch.stack([torch.from_numpy(p.lr).permute(2, 0, 1) for p in pairs]).float() / 255
+    hr = torch.stack([torch.from_numpy(p.hr).permute(2, 0, 1) for p in pairs]).float() / 255
+    for _ in range(30):
+        loss = F.l1_loss(model(lr), hr)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    pairs = smooth_images(2, 48, 7)
+    return torch.stack([torch.from_numpy(p.lr).permute(2, 0, 1) for p in pairs]).float() / 255
+
+
+def quantized(fp: SwinIRLight, cfg: QuantConfig, x: torch.Tensor) -> SwinIRLight:
+    m = compress_(copy.deepcopy(fp), cfg)
+    set_calibrating(m, True, max_elems=1 << 14)
+    with torch.no_grad():
+        m(x)
+    set_calibrating(m, False)
+    return m
+
+
+def psnr_between(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).mean()))
+
+
+@pytest.mark.parametrize("rotation", ["deploy", "official", "none"])
+def test_quantizers_off_is_the_fp_model(fp_model, batch, rotation):
+    """With a rotation and no quantization the products are unchanged: check it via the
+    quantized model at 8 bits against a tighter bound than 4 bits gets."""
+    m8 = quantized(fp_model, QuantConfig(bits=8, rotation=rotation), batch)
+    m4 = quantized(fp_model, QuantConfig(bits=4, rotation=rotation), batch)
+    with torch.no_grad():
+        ref, y8, y4 = fp_model(batch), m8(batch), m4(batch)
+    assert psnr_between(y8, ref) > 45.0
+    assert psnr_between(y8, ref) > psnr_between(y4, ref) + 10
+
+
+def test_layer_count_and_split(fp_model):
+    m = compress_(copy.deepcopy(fp_model), QuantConfig())
+    blocks = sum(TINY.depths)
+    assert len(quantizers(m)) == 16 * blocks  # q,k,v weight+input, proj, fc1, fc2 (x2), q.k, a.v (x2)
+    qkv = m.layers[0].residual_group.blocks[0].attn.qkv
+    assert isinstance(qkv, QuantLinear) and len(qkv.wq) == 3 and len(qkv.aq) == 3
+    assert qkv.wq[0].w_dom.shape == (TINY.embed_dim, 16)  # 12 -> padded and rotated to 16
+    assert all(not p.requires_grad for n, p in m.named_parameters() if n.endswith(("weight", "bias")))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains(fp_model, batch, method):
+    """A few Adam steps on a fixed batch lower the distillation loss, whatever the method."""
+    m = quantized(fp_model, method_config(method, 3), batch)
+    opt = _optimizer(m, CalibConfig(lr=1e-2))
+    with torch.no_grad():
+        target = fp_model(batch)
+    losses = []
+    for _ in range(25):
+        loss = F.l1_loss(m(batch), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for q in quantizers(m):
+            q.project_()
+        losses.append(loss.item())
+    assert min(losses[-5:]) < losses[0]
+
+
+def test_every_quantizer_parameter_gets_gradient(fp_model, batch):
+    m = quantized(fp_model, QuantConfig(bits=2), batch)
+    # move the extras off the DOBI point so codes saturate and z2 has something to learn from
+    with torch.no_grad():
+        for q in quantizers(m):
+            q.step_extra.fill_(-0.2 * float(q.step()))
+            q.zero_extra.fill_(0.8 * float(q.step()))  # codes below -0.5 clamp at 0
+    F.l1_loss(m(batch), fp_model(batch).detach()).backward()
+    params = quant_parameters(m)
+    assert len(params) == 4 * len(quantizers(m))
+    dead = [i for i, p in enumerate(params) if p.grad is None or p.grad.abs().item() == 0]
+    assert not dead, f"{len(dead)} quantizer parameters got no gradient"
+
+
+def test_tuning_only_freezes_bounds(fp_model):
+    m = compress_(copy.deepcopy(fp_model), method_config("tuning-only", 4))
+    assert all(not q.lower.requires_grad and not q.upper.requires_grad for q in quantizers(m))
+    assert all(q.step_extra.requires_grad and q.zero_extra.requires_grad for q in quantizers(m))
+
+
+def test_2dquant_has_no_rotation_and_no_extras(fp_model):
+    cfg = method_config("2dquant", 4)
+    assert cfg.rotation == "none" and not cfg.decompose
+    m = compress_(copy.deepcopy(fp_model), cfg)
+    assert len(quant_parameters(m)) == 2 * len(quantizers(m))
+
+
+def test_rotate_weights_only_needs_official_rotation():
+    with pytest.raises(ValueError, match="official"):
+        method_config("compsrt", 4, official_rotation=False, rotate="weights")
+    cfg = method_config("compsrt", 4, official_rotation=True, rotate="weights")
+    assert cfg.rotation == "official" and not cfg.rotate_acts
+
+
+@pytest.mark.parametrize("mode", ["unstructured", "channel"])
+def test_pruning_ratio_and_exact_zeros(fp_model, batch, mode):
+    m = quantized(fp_model, QuantConfig(bits=3, prune=0.4, prune_mode=mode), batch)
+    for wq in (x for x in m.modules() if isinstance(x, WeightQuantizer)):
+        kept = wq.mask.float().mean().item()
+        assert abs((1 - kept) - 0.4) <= 1 / wq.w_dom.shape[0] + 1e-6  # of the dense out x n rotated matrix
+        w_hat = wq()
+        assert torch.all(w_hat[~wq.mask] == 0)
+        assert torch.count_nonzero(w_hat[wq.mask]) > 0
+        if mode == "unstructured":  # the pruned coefficients are the smallest in magnitude
+            assert wq.w_dom.abs()[~wq.mask].max() <= wq.w_dom.abs()[wq.mask].min()
+        else:
+            assert torch.all(wq.mask.all(1) | ~wq.mask.any(1))  # whole rows
+
+
+def test_pruning_mask_comes_from_rotated_fp_weight(fp_model):
+    m = compress_(copy.deepcopy(fp_model), QuantConfig(bits=4, prune=0.4))
+    fc1 = m.layers[0].residual_group.blocks[0].mlp.fc1
+    rotated = hadamard(fc1.weight.detach(), -1)
+    k = int(round(0.4 * rotated.numel()))
+    thresh = rotated.abs().flatten().sort().values[k - 1]
+    assert torch.all(rotated.abs()[~fc1.wq[0].mask] <= thresh)
+
+
+def test_dobi_guards():
+    assert dobi(torch.full((100,), 3.0), 4)[0] < 3.0 < dobi(torch.full((100,), 3.0), 4)[1]
+    assert dobi(torch.full((10,), float("nan")), 4) == (0.0, 1.0)
+    x = torch.cat([torch.randn(1000), torch.tensor([float("inf"), float("nan")])])
+    lo, hi = dobi(x, 4)
+    assert np.isfinite(lo) and np.isfinite(hi) and lo < hi
+    lo1, hi1 = dobi(torch.rand(5000), 2, one_sided=True)
+    assert lo1 == pytest.approx(float(torch.rand(5000).min()), abs=0.01) or lo1 >= 0  # lower fixed at min
+    # the search shrinks a heavy-tailed range at 2 bits
+    t = torch.randn(20000)
+    t[0] = 50.0
+    lo2, hi2 = dobi(t, 2)
+    assert hi2 < 50.0
+
+
+def test_calibrate_end_to_end_and_checkpoint_roundtrip(fp_model, tmp_path):
+    pairs = smooth_images(5, 64, 3)
+    cfg = CalibConfig(iters=6, batch=2, patch=16, calib_batch=2, val_every=3, val_patches=2)
+    model, rep = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4, prune=0.25), cfg,
+                           state_path=tmp_path / "state.safetensors", progress=False)
+    assert rep.iters_done == 6 and len(rep.history) == 2 and not rep.stopped
+    assert rep.best_val_psnr_db >= rep.start_val_psnr_db
+    save_calibrated(model, tmp_path / "model.safetensors", {"note": "test"})
+    back = load_calibrated(tmp_path / "model.safetensors", 2)
+    x = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), back(x))
+    # resume: a finished run resumed with more iterations continues from its state
+    cfg2 = CalibConfig(**{**cfg.__dict__, "iters": 9})
+    _, rep2 = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4, prune=0.25), cfg2,
+                        state_path=tmp_path / "state.safetensors", resume=True, progress=False)
+    assert rep2.iters_done == 9 and rep2.history[:2] == rep.history
+
+
+def test_nonfinite_training_stops_with_last_good_state(fp_model, monkeypatch):
+    pairs = smooth_images(4, 64, 5)
+    import compsrt.calib.calibrate as cal
+
+    real = F.l1_loss
+    calls = {"n": 0}
+
+    def poisoned(a, b):
+        calls["n"] += 1
+        return real(a, b) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(cal.F, "l1_loss", poisoned)
+    cfg = CalibConfig(iters=6, batch=1, patch=16, calib_batch=1, val_every=2, val_patches=1)
+    model, rep = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4), cfg, progress=False)
+    assert "non-finite" in rep.stopped and rep.iters_done == 2
+    assert all(torch.isfinite(p) for p in quant_parameters(model))
+
+
+def test_cli_errors(tmp_path, capsys):
+    from compsrt.calib.__main__ import main
+
+    assert main(["--scale", "2", "--out", str(tmp_path / "c"), "--rotate", "weights"]) == 2
+    assert "official-rotation" in capsys.readouterr().err
+    assert main(["--scale", "2", "--out", str(tmp_path / "c"), "--data", str(tmp_path / "nope"),
+                 "--weights", str(Path(__file__).parents[1] / "data" / "swinir_light_x2_params.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and err.count("\n") == 1
