@@ -60,6 +60,10 @@ class QuantConfig:
     one_sided: search a non-negative tensor's bounds one-sided (lower bound fixed at its min).
     prune: fraction of each quantized weight's rotated out x n coefficients (or of its output
         channels, prune_mode="channel") set to exactly zero; 0 disables pruning.
+    exact_dc: with rotation="deploy", keep coefficient 0 of every rotated operand (its scaled
+        sum along the contraction axis) in FP and quantize the other n - 1: a shared offset,
+        which the rotation concentrates there, no longer sets the quantization range. The
+        products stay exact (a rank-1 FP term is added); False quantizes all n coefficients.
     """
 
     bits: int = 4
@@ -70,6 +74,7 @@ class QuantConfig:
     one_sided: bool = True
     prune: float = 0.0
     prune_mode: str = "unstructured"
+    exact_dc: bool = True
 
     def __post_init__(self) -> None:
         if self.bits not in (2, 3, 4, 8):

@@ -72,7 +72,7 @@ def compress_(model: SwinIRLight, cfg: QuantConfig) -> SwinIRLight:
     if cfg.prune > 0:
         for m in model.modules():
             if isinstance(m, WeightQuantizer):
-                m.set_mask(prune_mask(m.w_dom, cfg.prune, cfg.prune_mode))
+                m.set_mask(prune_mask(m.quantized_part(), cfg.prune, cfg.prune_mode))
     model.quant_cfg = cfg
     return model
 
@@ -141,8 +141,9 @@ def load_calibrated(path: Path, scale: int | None = None) -> SwinIRLight:
         if isinstance(m, WeightQuantizer):
             key = f"{name}.mask"
             if key in sd:
-                if sd[key].shape != m.w_dom.shape:
-                    raise CompsrtError(f"{path}: {key} has shape {tuple(sd[key].shape)}, expected {tuple(m.w_dom.shape)}")
+                want = m.quantized_part().shape
+                if sd[key].shape != want:
+                    raise CompsrtError(f"{path}: {key} has shape {tuple(sd[key].shape)}, expected {tuple(want)}")
                 m.set_mask(sd[key] != 0)
             elif h["quant"].prune > 0:
                 raise CompsrtError(f"{path}: pruning {h['quant'].prune} declared but {key} is missing")

@@ -34,6 +34,12 @@ class Quantizer(nn.Module):
         self.zero_extra = nn.Parameter(torch.tensor(0.0), requires_grad=cfg.decompose)
         self.calibrating = False
         self.search_kw: dict = {}
+        self.dim = -1
+        # In the deployable rotation, coefficient 0 of the rotated axis (the scaled sum, "DC")
+        # stays FP: it is where a shared offset concentrates (softmax rows sum to 1, post-GELU
+        # channels share a positive mean, v is smooth over a window's tokens), and it would set
+        # the whole tensor's range. The product is still exact: DC x DC + Q(AC) Q(AC)^T.
+        self.exact_dc = cfg.exact_dc and cfg.rotation == "deploy"
 
     def extras(self) -> tuple[Tensor | None, Tensor | None]:
         if self.step_extra.requires_grad:
@@ -65,6 +71,22 @@ class Quantizer(nn.Module):
         s2, z2 = self.extras()
         return fake_quant(t, self.lower, self.upper, self.bits, s2, z2)
 
+    def quantize_domain(self, t: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Fake-quantize ``t`` (already in the quantization domain), searching the bounds first
+        when calibrating; with ``exact_dc`` coefficient 0 along ``dim`` passes through in FP.
+        ``mask`` (kept coefficients of the quantized part) zeroes pruned entries exactly."""
+        if self.exact_dc:
+            n = t.shape[self.dim]
+            dc, ac = t.narrow(self.dim, 0, 1), t.narrow(self.dim, 1, n - 1)
+            return torch.cat([dc.to(ac.dtype), self._quantize(ac, mask)], self.dim)
+        return self._quantize(t, mask)
+
+    def _quantize(self, t: Tensor, mask: Tensor | None) -> Tensor:
+        if self.calibrating:
+            self.search(t if mask is None else t[mask])
+        t = self.fake(t)
+        return t if mask is None else t * mask
+
 
 class ActQuantizer(Quantizer):
     """Quantizer of an activation operand, rotating along ``dim`` as the config says."""
@@ -77,15 +99,8 @@ class ActQuantizer(Quantizer):
     def to_domain(self, x: Tensor) -> Tensor:
         return x if self.rotation == "none" else hadamard(x, self.dim)
 
-    def quantize_domain(self, t: Tensor) -> Tensor:
-        """Fake-quantize a tensor already in the quantization domain (searching bounds first
-        when calibrating); callers that share one rotation between quantizers use this."""
-        if self.calibrating:
-            self.search(t)
-        return self.fake(t)
-
     def forward(self, x: Tensor) -> Tensor:
-        if self.rotation == "deploy" and not self.calibrating:
+        if self.rotation == "deploy" and not self.calibrating and not self.exact_dc:
             s2, z2 = self.extras()  # the fused path (Triton on CUDA)
             return hadamard_fake_quant(x, self.lower, self.upper, self.bits, s2, z2, dim=self.dim)
         t = self.quantize_domain(self.to_domain(x))
@@ -99,8 +114,8 @@ class WeightQuantizer(Quantizer):
     """Quantizer of a frozen weight (out, in): rotated once, pruned by a fixed mask.
 
     ``w_dom`` is the weight in the quantization domain (rotated for deploy/official);
-    ``mask`` (same shape, or None) marks kept coefficients: pruned ones dequantize to 0
-    exactly and DOBI searches only over the kept ones.
+    ``mask`` (shaped like :meth:`quantized_part`, or None) marks kept coefficients: pruned
+    ones dequantize to 0 exactly and DOBI searches only over the kept ones.
     """
 
     def __init__(self, cfg: QuantConfig, weight: Tensor) -> None:
@@ -116,13 +131,12 @@ class WeightQuantizer(Quantizer):
     def set_mask(self, mask: Tensor | None) -> None:
         self.mask = None if mask is None else mask.to(torch.bool)
 
+    def quantized_part(self) -> Tensor:
+        """The coefficients that get codes (and a pruning mask): all but the FP DC column."""
+        return self.w_dom[:, 1:] if self.exact_dc else self.w_dom
+
     def forward(self) -> Tensor:
-        t = self.w_dom
-        if self.calibrating:
-            self.search(t if self.mask is None else t[self.mask])
-        t = self.fake(t)
-        if self.mask is not None:
-            t = t * self.mask
+        t = self.quantize_domain(self.w_dom, self.mask)
         if self.rotation == "official":
             t = hadamard(t, -1)[:, : self.in_features]
         return t

@@ -17,8 +17,8 @@ from compsrt.calib.methods import METHODS, method_config
 from compsrt.config import CalibConfig, QuantConfig, SwinIRConfig
 from compsrt.data import Pair
 from compsrt.kernels import hadamard
-from compsrt.model.compress import (compress_, load_calibrated, quant_parameters, save_calibrated,
-                                    set_calibrating)
+from compsrt.model.compress import (compress_, load_calibrated, quant_parameters, refresh_weight_domains,
+                                    save_calibrated, set_calibrating)
 from compsrt.model.qmodules import QuantLinear, WeightQuantizer, quantizers
 from compsrt.model.swinir import SwinIRLight
 
@@ -135,6 +135,25 @@ def test_tuning_only_freezes_bounds(fp_model):
     assert all(q.step_extra.requires_grad and q.zero_extra.requires_grad for q in quantizers(m))
 
 
+def test_exact_dc_helps_offsets():
+    """Coefficient 0 in FP: a shared offset no longer sets the range of the other coefficients."""
+    x = torch.randn(256, 60) * 0.1 + 2.0  # channels sharing a large mean, as post-GELU/softmax
+    w = torch.randn(30, 60) * 0.1
+    errs = {}
+    for dc in (True, False):
+        lin = QuantLinear(torch.nn.Linear(60, 30), QuantConfig(bits=4, exact_dc=dc))
+        with torch.no_grad():
+            lin.weight.copy_(w)
+        refresh_weight_domains(lin)
+        set_calibrating(lin, True)
+        with torch.no_grad():
+            lin(x)
+        set_calibrating(lin, False)
+        with torch.no_grad():
+            errs[dc] = ((lin(x) - (x @ w.T + lin.bias)) ** 2).mean().item()
+    assert errs[True] < errs[False] / 4
+
+
 def test_2dquant_has_no_rotation_and_no_extras(fp_model):
     cfg = method_config("2dquant", 4)
     assert cfg.rotation == "none" and not cfg.decompose
@@ -153,13 +172,15 @@ def test_rotate_weights_only_needs_official_rotation():
 def test_pruning_ratio_and_exact_zeros(fp_model, batch, mode):
     m = quantized(fp_model, QuantConfig(bits=3, prune=0.4, prune_mode=mode), batch)
     for wq in (x for x in m.modules() if isinstance(x, WeightQuantizer)):
+        part = wq.quantized_part()  # the rotated out x n matrix, less the FP DC column (exact_dc)
+        assert wq.exact_dc and part.shape == (wq.w_dom.shape[0], wq.w_dom.shape[1] - 1)
         kept = wq.mask.float().mean().item()
-        assert abs((1 - kept) - 0.4) <= 1 / wq.w_dom.shape[0] + 1e-6  # of the dense out x n rotated matrix
-        w_hat = wq()
+        assert abs((1 - kept) - 0.4) <= 1 / wq.w_dom.shape[0] + 1e-6
+        w_hat = wq()[:, 1:]
         assert torch.all(w_hat[~wq.mask] == 0)
         assert torch.count_nonzero(w_hat[wq.mask]) > 0
         if mode == "unstructured":  # the pruned coefficients are the smallest in magnitude
-            assert wq.w_dom.abs()[~wq.mask].max() <= wq.w_dom.abs()[wq.mask].min()
+            assert part.abs()[~wq.mask].max() <= part.abs()[wq.mask].min()
         else:
             assert torch.all(wq.mask.all(1) | ~wq.mask.any(1))  # whole rows
 
@@ -167,7 +188,7 @@ def test_pruning_ratio_and_exact_zeros(fp_model, batch, mode):
 def test_pruning_mask_comes_from_rotated_fp_weight(fp_model):
     m = compress_(copy.deepcopy(fp_model), QuantConfig(bits=4, prune=0.4))
     fc1 = m.layers[0].residual_group.blocks[0].mlp.fc1
-    rotated = hadamard(fc1.weight.detach(), -1)
+    rotated = hadamard(fc1.weight.detach(), -1)[:, 1:]  # coefficient 0 stays FP (exact_dc)
     k = int(round(0.4 * rotated.numel()))
     thresh = rotated.abs().flatten().sort().values[k - 1]
     assert torch.all(rotated.abs()[~fc1.wq[0].mask] <= thresh)
