@@ -144,18 +144,23 @@ def _load_state(path: Path, model, opt) -> tuple[int, dict, CalibReport]:
 
 
 def _optimizer(model: torch.nn.Module, cfg: CalibConfig) -> torch.optim.Adam:
-    """Adam over the quantizer scalars. With ``lr_relative`` each quantizer's rate is scaled by
-    its DOBI range, so a weight quantizer with a range of 0.3 and an activation quantizer with
-    a range of 30 both move about 1% of their range per step at lr 1e-2 (one absolute rate, as
-    the official code uses, moves small weight bounds by a whole quantization step per update).
+    """Adam over the quantizer scalars. With ``lr_relative`` a quantizer's bounds learn at lr x
+    its DOBI range and its extras (s2, z2) at lr x its step, so a weight quantizer with a range
+    of 0.3 and an activation quantizer with a range of 30 both move their bounds by about 1% of
+    the range per update at lr 1e-2 (one absolute rate, as the official code uses, moves small
+    weight bounds by a whole quantization step per update).
 
     The range is read once, right after DOBI; a resumed run restores those rates from its state.
     """
     groups = []
     for q in quantizers(model):
-        ps = [p for p in (q.lower, q.upper, q.step_extra, q.zero_extra) if p.requires_grad]
-        scale = float((q.upper - q.lower).detach()) if cfg.lr_relative else 1.0
-        groups.append({"params": ps, "lr": cfg.lr * scale, "base_lr": cfg.lr * scale})
+        rng = float((q.upper - q.lower).detach())
+        # bounds move relative to the range, the extras relative to the step they adjust
+        for ps, scale in (((q.lower, q.upper), rng), ((q.step_extra, q.zero_extra), rng / (2 ** q.bits - 1))):
+            ps = [p for p in ps if p.requires_grad]
+            lr = cfg.lr * (scale if cfg.lr_relative else 1.0)
+            if ps:
+                groups.append({"params": ps, "lr": lr, "base_lr": lr})
     return torch.optim.Adam(groups, betas=(0.9, 0.99))
 
 
