@@ -255,3 +255,50 @@ def test_cli_errors(tmp_path, capsys):
                  "--weights", str(Path(__file__).parents[1] / "data" / "swinir_light_x2_params.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and err.count("\n") == 1
+
+
+def test_calibrated_checkpoint_runs_in_infer_and_eval(fp_model, batch, tmp_path, capsys):
+    from PIL import Image
+
+    from compsrt.cli import main as infer
+    from compsrt.eval import main as evaluate
+
+    m = quantized(fp_model, QuantConfig(bits=4, prune=0.4), batch)
+    ckpt = tmp_path / "model.safetensors"
+    save_calibrated(m, ckpt)
+    src = tmp_path / "in.png"
+    Image.fromarray(smooth_images(1, 40, 9)[0].lr).save(src)
+    assert infer([str(src), str(tmp_path / "out.png"), "--weights", str(ckpt), "--quiet"]) == 0
+    assert Image.open(tmp_path / "out.png").size == (40, 40)
+    assert infer([str(src), str(tmp_path / "out.png"), "--weights", str(ckpt), "--scale", "4"]) == 2
+    assert "x2 checkpoint" in capsys.readouterr().err
+    data = tmp_path / "bench" / "Tiny" / "HR"
+    data.mkdir(parents=True)
+    Image.fromarray(smooth_images(1, 48, 11)[0].hr).save(data / "a.png")
+    assert evaluate(["--weights", str(ckpt), "--scale", "2", "--data", str(tmp_path / "bench"), "--sets", "Tiny",
+                     "--json", str(tmp_path / "e.json"), "--quiet"]) == 0
+    assert "| Tiny |" in capsys.readouterr().out
+
+
+def test_damaged_checkpoint_is_a_clear_error(fp_model, batch, tmp_path):
+    from compsrt.errors import CompsrtError
+    from compsrt.model.load import load_model
+    from safetensors.torch import load_file, save_file
+
+    m = quantized(fp_model, QuantConfig(bits=4, prune=0.4), batch)
+    ckpt = tmp_path / "model.safetensors"
+    save_calibrated(m, ckpt)
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), "pt") as f:
+        meta = f.metadata()
+    sd = load_file(str(ckpt))
+    key = next(k for k in sd if k.endswith(".mask"))
+    bad = dict(sd)
+    bad[key] = sd[key][:, :-1].contiguous()
+    save_file(bad, str(tmp_path / "bad_mask.safetensors"), metadata=meta)
+    with pytest.raises(CompsrtError, match="mask"):
+        load_model(tmp_path / "bad_mask.safetensors", 2)
+    save_file(sd, str(tmp_path / "bad_header.safetensors"), metadata={"compsrt": '{"format": "compsrt-calibrated"}'})
+    with pytest.raises(CompsrtError, match="malformed"):
+        load_model(tmp_path / "bad_header.safetensors", 2)
