@@ -160,9 +160,10 @@ class QuantLinear(nn.Module):
         self.acts_rotated = cfg.rotation == "deploy"
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.splits > 1 and self.acts_rotated and not x.is_cuda:
-            # q, k and v see the same input: on the CPU rotate it once for their three quantizers
-            # (on CUDA each runs the fused rotate+quantize kernel, cheaper than a stored rotation).
+        if self.splits > 1 and self.acts_rotated and (not x.is_cuda or self.aq[0].exact_dc):
+            # q, k and v see the same input: rotate it once for their three quantizers, unless
+            # each can run the fused rotate+quantize kernel (CUDA, no FP DC coefficient), which
+            # is cheaper than storing the rotation.
             t = self.aq[0].to_domain(x)
             xs = [aq.quantize_domain(t) for aq in self.aq]
         else:
