@@ -94,7 +94,8 @@ class QuantConfig:
 @dataclass(frozen=True)
 class CalibConfig:
     """Calibration and distillation finetuning (DOBI + DQC). Defaults are the quick CPU run
-    (about 5-10 minutes on 2 cores: ~7 s per batch-2 iteration of 64x64 patches there).
+    (measured 7-15 s per batch-2 iteration of 64x64 patches on one thread of a shared 2-core
+    machine, so 12-25 minutes in all there; less on an idle machine).
 
     The paper's setting is iters=4000, batch=16 (``CalibConfig.full()``).
     """
