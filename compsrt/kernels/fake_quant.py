@@ -50,7 +50,8 @@ def step_and_zero(lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | 
 
 
 def fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
-                   zero_extra: Tensor | None = None, return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                   zero_extra: Tensor | None = None, return_codes: bool = False,
+                   dc_dim: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Quantize-dequantize ``x`` per tensor; autograd gives the straight-through gradients.
 
     Args:
@@ -59,7 +60,15 @@ def fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extr
         bits: 2, 3, 4 or 8.
         step_extra, zero_extra: 0-d tensors s2, z2 (None = 0).
         return_codes: also return the integer codes q as uint8 (same shape as x).
+        dc_dim: pass coefficient 0 of this axis through unquantized (the exact-DC rotation,
+            see QuantConfig.exact_dc); it plays no part in the parameters' gradients.
     """
+    if dc_dim is not None:
+        if return_codes:
+            raise ValueError("return_codes needs dc_dim=None: the DC coefficient has no code")
+        n = x.shape[dc_dim]
+        rest = fake_quant_ref(x.narrow(dc_dim, 1, n - 1), lower, upper, bits, step_extra, zero_extra)
+        return torch.cat([x.narrow(dc_dim, 0, 1).to(rest.dtype), rest], dc_dim)
     s, z = step_and_zero(lower, upper, bits, step_extra, zero_extra)
     qmax = 2 ** bits - 1
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -80,9 +89,9 @@ def fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extr
 
 
 def fake_quant(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
-               zero_extra: Tensor | None = None) -> Tensor:
+               zero_extra: Tensor | None = None, dc_dim: int | None = None) -> Tensor:
     """Matches :func:`fake_quant_ref`, saving only its input for backward (see fake_quant_lean)."""
     from .fake_quant_lean import fake_quant_lean  # lazy: that module imports this one
 
     _check_bits(bits)
-    return fake_quant_lean(x, lower, upper, bits, step_extra, zero_extra)
+    return fake_quant_lean(x, lower, upper, bits, step_extra, zero_extra, dc_dim)

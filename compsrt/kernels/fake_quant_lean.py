@@ -5,6 +5,10 @@ until backward; calibration runs 384 quantizers, so a 4 x 64 x 64 batch needed o
 This Function saves only its input and recomputes the masks in backward, where the
 straight-through gradients of ``fake_quant``'s docstring are written out directly and the
 parameter gradients are reduced on the spot.
+
+``dc_dim`` passes coefficient 0 of that axis through unquantized inside the Function (the
+exact-DC rotation): slicing and concatenating outside would cost two zero-filled full-size
+gradient buffers and a copy per quantizer, about a sixth of a calibration step on the CPU.
 """
 from __future__ import annotations
 
@@ -14,41 +18,86 @@ from torch import Tensor
 from .fake_quant import step_and_zero
 
 
+def _dc(t: Tensor, dim: int) -> Tensor:
+    return t.narrow(dim, 0, 1)
+
+
+def _clamp(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """clamp(x, lo, hi); on the CPU with Python-number bounds, which takes the scalar kernel
+    (several times faster than broadcasting 0-d tensors) and is exact: it only compares."""
+    if x.device.type == "cpu":
+        return torch.clamp(x, float(lo), float(hi))
+    return torch.clamp(x, lo, hi)
+
+
 class _LeanFakeQuant(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, lo: Tensor, hi: Tensor, s: Tensor, z: Tensor, qmax: int) -> Tensor:
+    def forward(ctx, x: Tensor, lo: Tensor, hi: Tensor, s: Tensor, z: Tensor, qmax: int,
+                dc_dim: int | None) -> Tensor:
         xc = x.float() if x.dtype != torch.float64 else x
         ctx.save_for_backward(xc, lo, hi, s, z)
-        ctx.qmax = qmax
+        ctx.qmax, ctx.dc_dim = qmax, dc_dim
         # In place after one allocation; NaN passes through clamp and round, so it propagates.
-        out = torch.clamp(xc, lo, hi).sub_(z).div_(s).round_().clamp_(0, qmax).mul_(s).add_(z)
+        out = _clamp(xc, lo, hi).sub_(z).div_(s).round_().clamp_(0, qmax).mul_(s).add_(z)
+        if dc_dim is not None:
+            _dc(out, dc_dim).copy_(_dc(xc, dc_dim))
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, g: Tensor):
         xc, lo, hi, s, z = ctx.saved_tensors
-        qmax = ctx.qmax
+        qmax, dc_dim = ctx.qmax, ctx.dc_dim
         g = g.to(xc.dtype)
-        y = torch.clamp(xc, lo, hi).sub_(z).div_(s)
+        g_dc = None
+        if dc_dim is not None:  # coefficient 0 is the identity: its gradient goes to x alone
+            g_dc = _dc(g, dc_dim).clone()
+            g = g.clone()
+            _dc(g, dc_dim).zero_()
+        y = _clamp(xc, lo, hi).sub_(z).div_(s)
         q = torch.round(y)
-        inrange = (q >= 0) & (q <= qmax)               # False for NaN
-        sat = ~inrange & ~torch.isnan(xc)              # saturated codes (NaN is neither)
-        q.clamp_(0, qmax)
-        g_in = torch.where(inrange, g, 0)
-        gx = torch.where((xc >= lo) & (xc <= hi), g_in, 0)
-        g_sat = torch.where(sat, g, 0)
-        gs = torch.where(inrange, g * (q - y), g_sat * q.nan_to_num_(0)).sum()
-        gz = g_sat.sum()
-        gl_clip = torch.where(xc < lo, g_in, 0).sum()
-        gu_clip = torch.where(xc > hi, g_in, 0).sum()
+        if xc.device.type == "cpu":
+            lo_q, hi_q = torch.aminmax(q)  # NaN in either: take the general path
+            fast = bool(lo_q >= 0) and bool(hi_q <= qmax)
+        else:
+            fast = False  # a data-dependent branch would synchronize the GPU
+        if fast:
+            gx, gs, gz, gl_clip, gu_clip = _no_saturation(xc, g, y, q, lo, hi)
+        else:
+            gx, gs, gz, gl_clip, gu_clip = _general(xc, g, y, q, lo, hi, qmax)
+        if g_dc is not None:
+            _dc(gx, dc_dim).copy_(g_dc)
         # s = (u - l) / qmax + s2 and z = l + z2: autograd outside (step_and_zero) chains d/ds and
         # d/dz to l, u, s2, z2; here are d/ds, d/dz and the clip terms of l and u.
-        return gx, gl_clip, gu_clip, gs, gz, None
+        return gx, gl_clip, gu_clip, gs, gz, None, None
+
+
+def _no_saturation(xc, g, y, q, lo, hi):
+    """Every code in [0, qmax] and no NaN (the usual case): fewer full-size passes."""
+    below, above = xc < lo, xc > hi
+    gx = g.masked_fill(below | above, 0)
+    gl_clip = torch.where(below, g, 0).sum()
+    gu_clip = torch.where(above, g, 0).sum()  # not total - rest: that cancels catastrophically
+    gs = torch.dot(g.reshape(-1), q.sub_(y).reshape(-1))
+    return gx, gs, torch.zeros_like(gs), gl_clip, gu_clip
+
+
+def _general(xc, g, y, q, lo, hi, qmax):
+    inrange = (q >= 0) & (q <= qmax)               # False for NaN
+    sat = ~inrange & ~torch.isnan(xc)              # saturated codes (NaN is neither)
+    q.clamp_(0, qmax)
+    g_in = torch.where(inrange, g, 0)
+    gx = torch.where((xc >= lo) & (xc <= hi), g_in, 0)
+    g_sat = torch.where(sat, g, 0)
+    gs = torch.where(inrange, g * (q - y), g_sat * q.nan_to_num_(0)).sum()
+    gz = g_sat.sum()
+    gl_clip = torch.where(xc < lo, g_in, 0).sum()
+    gu_clip = torch.where(xc > hi, g_in, 0).sum()
+    return gx, gs, gz, gl_clip, gu_clip
 
 
 def fake_quant_lean(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
-                    zero_extra: Tensor | None = None) -> Tensor:
+                    zero_extra: Tensor | None = None, dc_dim: int | None = None) -> Tensor:
     """Matches :func:`compsrt.kernels.fake_quant_ref` (values and gradients), saving one tensor."""
     s, z = step_and_zero(lower, upper, bits, step_extra, zero_extra)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _LeanFakeQuant.apply(x, lower.to(cdt), upper.to(cdt), s.to(cdt), z.to(cdt), 2 ** bits - 1)
+    return _LeanFakeQuant.apply(x, lower.to(cdt), upper.to(cdt), s.to(cdt), z.to(cdt), 2 ** bits - 1, dc_dim)

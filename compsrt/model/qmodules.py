@@ -67,19 +67,23 @@ class Quantizer(nn.Module):
         base = (self.upper - self.lower) / qmax
         self.step_extra.copy_(torch.maximum(self.step_extra, STEP_EPS - base))
 
-    def fake(self, t: Tensor) -> Tensor:
+    def fake(self, t: Tensor, dc_dim: int | None = None) -> Tensor:
         s2, z2 = self.extras()
-        return fake_quant(t, self.lower, self.upper, self.bits, s2, z2)
+        return fake_quant(t, self.lower, self.upper, self.bits, s2, z2, dc_dim=dc_dim)
 
     def quantize_domain(self, t: Tensor, mask: Tensor | None = None) -> Tensor:
         """Fake-quantize ``t`` (already in the quantization domain), searching the bounds first
         when calibrating; with ``exact_dc`` coefficient 0 along ``dim`` passes through in FP.
         ``mask`` (kept coefficients of the quantized part) zeroes pruned entries exactly."""
-        if self.exact_dc:
-            n = t.shape[self.dim]
+        if not self.exact_dc:
+            return self._quantize(t, mask)
+        n = t.shape[self.dim]
+        if mask is not None:  # a pruned weight: the mask covers the n - 1 quantized coefficients
             dc, ac = t.narrow(self.dim, 0, 1), t.narrow(self.dim, 1, n - 1)
             return torch.cat([dc.to(ac.dtype), self._quantize(ac, mask)], self.dim)
-        return self._quantize(t, mask)
+        if self.calibrating:
+            self.search(t.narrow(self.dim, 1, n - 1))
+        return self.fake(t, dc_dim=self.dim)  # DC passed through inside the quantizer: no copies
 
     def _quantize(self, t: Tensor, mask: Tensor | None) -> Tensor:
         if self.calibrating:

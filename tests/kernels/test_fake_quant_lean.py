@@ -1,0 +1,59 @@
+"""The memory-lean fake_quant (what calibration runs on the CPU) against fake_quant_ref."""
+import pytest
+import torch
+
+from compsrt.kernels.fake_quant import fake_quant, fake_quant_ref
+
+BITS = [2, 4, 8]
+# (s2, z2) as fractions of the DOBI step: no saturation (the fast backward) and saturation at
+# both ends (the general backward)
+EXTRAS = [(0.0, 0.0), (-0.4, 0.7)]
+
+
+def _params(bits, s2_frac, z2_frac):
+    lo, hi = -1.3, 1.7
+    s0 = (hi - lo) / (2 ** bits - 1)
+    return [torch.tensor(v, requires_grad=True) for v in (lo, hi, s2_frac * s0, z2_frac * s0)]
+
+
+def _run(fn, x, params, bits, grad, **kw):
+    x = x.clone().requires_grad_()
+    out = fn(x, params[0], params[1], bits, params[2], params[3], **kw)
+    out.backward(grad)
+    return out.detach(), x.grad, [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("extras", EXTRAS)
+@pytest.mark.parametrize("dc_dim", [None, -1, -2])
+def test_lean_matches_reference(bits, extras, dc_dim):
+    g = torch.Generator().manual_seed(bits)
+    x = 2 * torch.randn(6, 16, 12, generator=g)
+    x[..., 0, :] += 9.0  # a large DC row/column: it must not move the parameters' gradients
+    x[..., :, 0] += 9.0
+    grad = torch.randn(x.shape, generator=g)
+    want = _run(fake_quant_ref, x, _params(bits, *extras), bits, grad, dc_dim=dc_dim)
+    got = _run(fake_quant, x, _params(bits, *extras), bits, grad, dc_dim=dc_dim)
+    assert got[0].equal(want[0]) and got[1].equal(want[1])
+    for a, b in zip(got[2], want[2]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+    if dc_dim is not None:
+        assert x.narrow(dc_dim, 0, 1).equal(got[0].narrow(dc_dim, 0, 1))  # DC passes through exactly
+        assert got[1].narrow(dc_dim, 0, 1).equal(grad.narrow(dc_dim, 0, 1))
+
+
+def test_lean_non_finite_with_dc():
+    x = torch.tensor([[float("nan"), 0.3, float("inf"), -5.0], [0.1, float("nan"), 0.2, 0.4]])
+    grad = torch.ones_like(x)
+    want = _run(fake_quant_ref, x, _params(4, -0.2, 0.4), 4, grad, dc_dim=-1)
+    got = _run(fake_quant, x, _params(4, -0.2, 0.4), 4, grad, dc_dim=-1)
+    torch.testing.assert_close(got[0], want[0], equal_nan=True)
+    assert got[1].equal(want[1])
+    for a, b in zip(got[2], want[2]):
+        assert torch.isfinite(a)
+        torch.testing.assert_close(a, b)
+
+
+def test_codes_refuse_dc():
+    with pytest.raises(ValueError, match="DC coefficient has no code"):
+        fake_quant_ref(torch.zeros(2, 4), torch.tensor(-1.0), torch.tensor(1.0), 4, return_codes=True, dc_dim=-1)
