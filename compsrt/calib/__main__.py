@@ -85,7 +85,9 @@ def write_report(out: Path, report: dict) -> None:
              f"- DOBI {r['dobi_seconds']:.1f} s; finetuning {r['finetune_seconds']:.1f} s for {r['iters_done']} "
              f"iterations ({r['seconds_per_iter']:.2f} s/iter incl. validation) on {c['device']}",
              f"- held-out training patches PSNR: FP {r['fp_val_psnr_db']:.3f}, after DOBI "
-             f"{r['start_val_psnr_db']:.3f}, best {r['best_val_psnr_db']:.3f} dB (iteration {r['best_iter']})"]
+             f"{r['start_val_psnr_db']:.3f}, kept {r['best_val_psnr_db']:.3f} dB (iteration {r['best_iter']})",
+             f"- fidelity to the FP output on those patches (the keep-best score): after DOBI "
+             f"{r['start_fidelity_db']:.2f}, kept {r['best_fidelity_db']:.2f} dB"]
     if r["stopped"]:
         lines.append(f"- stopped early: {r['stopped']}")
     if report.get("eval"):

@@ -215,7 +215,9 @@ def test_calibrate_end_to_end_and_checkpoint_roundtrip(fp_model, tmp_path):
     model, rep = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4, prune=0.25), cfg,
                            state_path=tmp_path / "state.safetensors", progress=False)
     assert rep.iters_done == 6 and len(rep.history) == 2 and not rep.stopped
-    assert rep.best_val_psnr_db >= rep.start_val_psnr_db
+    assert rep.best_fidelity_db >= rep.start_fidelity_db  # keep-best: never worse than DOBI
+    kept = next((h for h in rep.history if h["iteration"] == rep.best_iter), None)
+    assert rep.best_iter == 0 or kept["val_fidelity_db"] == round(rep.best_fidelity_db, 4)
     save_calibrated(model, tmp_path / "model.safetensors", {"note": "test"})
     back = load_calibrated(tmp_path / "model.safetensors", 2)
     x = torch.rand(1, 3, 20, 28)
