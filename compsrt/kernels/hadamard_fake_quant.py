@@ -11,7 +11,7 @@ from .hadamard import hadamard_ref
 
 def hadamard_fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
                             zero_extra: Tensor | None = None, dim: int = -1,
-                            return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                            return_codes: bool = False, keep_dc: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """fake_quant_ref(hadamard_ref(x, dim), ...) with the rotation kept in fp32 for half inputs:
     the spec the fused kernels are tested against.
 
@@ -21,15 +21,18 @@ def hadamard_fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, 
         bits: 2, 3, 4 or 8.
         dim: the contraction axis to rotate (padded with zeros to the next power of two n).
         return_codes: also return the uint8 codes (in the rotated, padded domain).
+        keep_dc: rotated coefficient 0 passes through unquantized (QuantConfig.exact_dc).
     Returns:
         The dequantized rotated tensor, axis ``dim`` of size n, in x's dtype (and the codes).
     """
+    dc_dim = (-1 if dim in (-1, x.ndim - 1) else -2) if keep_dc else None
     if x.dtype in (torch.float16, torch.bfloat16):
         # Quantize the fp32 rotation: rounding it to x's dtype first would move bf16 codes at 8 bits
         # on ~4% of elements, and the fused kernels keep it in fp32.
-        res = fake_quant_ref(hadamard_ref(x.float(), dim), lower, upper, bits, step_extra, zero_extra, return_codes)
+        res = fake_quant_ref(hadamard_ref(x.float(), dim), lower, upper, bits, step_extra, zero_extra, return_codes,
+                             dc_dim)
         return (res[0].to(x.dtype), res[1]) if return_codes else res.to(x.dtype)
-    return fake_quant_ref(hadamard_ref(x, dim), lower, upper, bits, step_extra, zero_extra, return_codes)
+    return fake_quant_ref(hadamard_ref(x, dim), lower, upper, bits, step_extra, zero_extra, return_codes, dc_dim)
 
 
 def _load_triton():
@@ -42,13 +45,14 @@ def _load_triton():
 
 def hadamard_fake_quant(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
                         zero_extra: Tensor | None = None, dim: int = -1,
-                        return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                        return_codes: bool = False, keep_dc: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Matches :func:`hadamard_fake_quant_ref`; CUDA tensors run the fused Triton kernels."""
     _check_bits(bits)
     if not x.is_cuda:
         if return_codes:
-            return hadamard_fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes)
+            return hadamard_fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes, keep_dc)
+        dc_dim = (-1 if dim in (-1, x.ndim - 1) else -2) if keep_dc else None
         return fake_quant(hadamard_ref(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim),
-                          lower, upper, bits, step_extra, zero_extra).to(x.dtype)
+                          lower, upper, bits, step_extra, zero_extra, dc_dim).to(x.dtype)
     tri = _load_triton()
-    return tri.hadamard_fake_quant_triton(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes)
+    return tri.hadamard_fake_quant_triton(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes, keep_dc)

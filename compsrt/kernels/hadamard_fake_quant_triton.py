@@ -183,6 +183,7 @@ def _hadamard_fake_quant_kernel(
     INV_SQRT_N: tl.constexpr,    # 1 / sqrt(N)
     HAS_STEP_EXTRA: tl.constexpr, HAS_ZERO_EXTRA: tl.constexpr,
     WRITE_CODES: tl.constexpr,
+    KEEP_DC: tl.constexpr,       # rotated coefficient 0 passes through unquantized (exact_dc)
     SPLIT_ROWS: tl.constexpr,    # K > 1
     SPLIT_F32: tl.constexpr,     # x is fp32: rotate as three exact bf16 pieces
     DOT_DTYPE: tl.constexpr,     # operand type of the +-1 products
@@ -199,7 +200,10 @@ def _hadamard_fake_quant_kernel(
         y, r, q = _quantize(xr, lo, hi, s, z, qmax)
         offs = rb[:, None] * stride_ob + rk[:, None] * stride_ok + cols[None, :] * stride_oc
         mask = row_ok[:, None] & (cols[None, :] < N)
-        tl.store(out_ptr + offs, _cast_out(s * q + z, out_ptr.dtype.element_ty), mask=mask)
+        val = s * q + z
+        if KEEP_DC:
+            val = tl.where(cols[None, :] == 0, xr, val)
+        tl.store(out_ptr + offs, _cast_out(val, out_ptr.dtype.element_ty), mask=mask)
         if WRITE_CODES:
             tl.store(codes_ptr + offs, tl.where(q == q, q, 0.0).to(tl.uint8), mask=mask)
 
@@ -217,7 +221,7 @@ def _hadamard_fake_quant_bwd_kernel(
     stride_db, stride_dk, stride_dc,
     qmax,                              # 2^bits - 1, as a float
     N: tl.constexpr, NP: tl.constexpr, INV_SQRT_N: tl.constexpr,
-    HAS_STEP_EXTRA: tl.constexpr, HAS_ZERO_EXTRA: tl.constexpr,
+    HAS_STEP_EXTRA: tl.constexpr, HAS_ZERO_EXTRA: tl.constexpr, KEEP_DC: tl.constexpr,
     SPLIT_ROWS: tl.constexpr, SPLIT_F32: tl.constexpr, DOT_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
@@ -242,6 +246,10 @@ def _hadamard_fake_quant_bwd_kernel(
         inside = (xr >= lo) & (xr <= hi)       # clip passes gradient (ties included, as torch.clamp)
         # d/dx: STE mask in the rotated domain, rotated back by H (symmetric, orthonormal), cropped.
         gm = tl.where(inside & inrange, g, 0.0)   # still exact in g's dtype
+        if KEEP_DC:  # coefficient 0 is the identity: all of its gradient to x, none to the parameters
+            is_dc = cols[None, :] == 0
+            gm = tl.where(is_dc, g, gm)
+            gf = tl.where(is_dc, 0.0, gf)
         gx = _dot_pm1(gm, h, SPLIT_F32, DOT_DTYPE) * INV_SQRT_N
         d_offs = rb[:, None] * stride_db + rk[:, None] * stride_dk + cols[None, :] * stride_dc
         tl.store(grad_x_ptr + d_offs, _cast_out(gx, grad_x_ptr.dtype.element_ty),
@@ -314,7 +322,7 @@ def _common(x: Tensor, dim: int, bits: int, step_extra, zero_extra):
     return last, c, n, meta
 
 
-def _launch_forward(x, lower, upper, step_extra, zero_extra, bits, dim, return_codes):
+def _launch_forward(x, lower, upper, step_extra, zero_extra, bits, dim, return_codes, keep_dc):
     last, c, n, meta = _common(x, dim, bits, step_extra, zero_extra)
     out_shape = _out_shape(x, last, n)
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
@@ -330,12 +338,12 @@ def _launch_forward(x, lower, upper, step_extra, zero_extra, bits, dim, return_c
         xv, out, out if codes is None else codes,
         lower, upper, lower if step_extra is None else step_extra, lower if zero_extra is None else zero_extra,
         m, k, c, sxb, sxk, sxc, sob, sok, soc, float(2 ** bits - 1),
-        WRITE_CODES=codes is not None, SPLIT_ROWS=k > 1, SPLIT_F32=split_f32, DOT_DTYPE=dot_dtype,
+        WRITE_CODES=codes is not None, KEEP_DC=keep_dc, SPLIT_ROWS=k > 1, SPLIT_F32=split_f32, DOT_DTYPE=dot_dtype,
         BLOCK_M=block_m, num_warps=num_warps, enable_fp_fusion=False, **meta)
     return out, codes
 
 
-def _launch_backward(x, grad_out, lower, upper, step_extra, zero_extra, bits, dim):
+def _launch_backward(x, grad_out, lower, upper, step_extra, zero_extra, bits, dim, keep_dc):
     """(grad_x, sums): sums = fp32 [d/dl, d/du, d/ds2, d/dz2] of sum(grad_out * x_hat)."""
     last, c, n, meta = _common(x, dim, bits, step_extra, zero_extra)
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -352,7 +360,7 @@ def _launch_backward(x, grad_out, lower, upper, step_extra, zero_extra, bits, di
         xv, gv, grad_x, partial,
         lower, upper, lower if step_extra is None else step_extra, lower if zero_extra is None else zero_extra,
         m, k, c, sxb, sxk, sxc, sgb, sgk, sgc, sdb, sdk, sdc, float(2 ** bits - 1),
-        SPLIT_ROWS=k > 1, SPLIT_F32=split_f32, DOT_DTYPE=dot_dtype,
+        KEEP_DC=keep_dc, SPLIT_ROWS=k > 1, SPLIT_F32=split_f32, DOT_DTYPE=dot_dtype,
         BLOCK_M=block_m, num_warps=num_warps, enable_fp_fusion=False, **meta)
     return grad_x, partial.sum(0)
 
@@ -361,10 +369,10 @@ class _HadamardFakeQuant(torch.autograd.Function):
     """Fused forward; the backward recomputes the rotation from x instead of storing it."""
 
     @staticmethod
-    def forward(ctx, x, lower, upper, step_extra, zero_extra, bits, dim, return_codes):
-        out, codes = _launch_forward(x, lower, upper, step_extra, zero_extra, bits, dim, return_codes)
+    def forward(ctx, x, lower, upper, step_extra, zero_extra, bits, dim, return_codes, keep_dc):
+        out, codes = _launch_forward(x, lower, upper, step_extra, zero_extra, bits, dim, return_codes, keep_dc)
         ctx.save_for_backward(x, lower, upper, step_extra, zero_extra)
-        ctx.bits, ctx.dim = bits, dim
+        ctx.bits, ctx.dim, ctx.keep_dc = bits, dim, keep_dc
         if codes is None:
             return out
         ctx.mark_non_differentiable(codes)
@@ -374,12 +382,13 @@ class _HadamardFakeQuant(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out, *_codes_grad):
         x, lower, upper, step_extra, zero_extra = ctx.saved_tensors
-        grad_x, sums = _launch_backward(x, grad_out, lower, upper, step_extra, zero_extra, ctx.bits, ctx.dim)
+        grad_x, sums = _launch_backward(x, grad_out, lower, upper, step_extra, zero_extra, ctx.bits, ctx.dim,
+                                        ctx.keep_dc)
         need = ctx.needs_input_grad
         grads = [grad_x if need[0] else None]
         for i, p in enumerate((lower, upper, step_extra, zero_extra)):
             grads.append(sums[i].reshape(p.shape).to(p.dtype) if p is not None and need[i + 1] else None)
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
 
 
 def _param(p: Tensor | None, name: str, device: torch.device) -> Tensor | None:
@@ -406,7 +415,7 @@ def _check_step(x: Tensor, lower: Tensor, upper: Tensor, step_extra: Tensor | No
 
 def hadamard_fake_quant_triton(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
                                zero_extra: Tensor | None = None, dim: int = -1,
-                               return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                               return_codes: bool = False, keep_dc: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Matches :func:`hadamard_fake_quant_ref` (forward and straight-through gradients), fused.
 
     Args:
@@ -418,11 +427,13 @@ def hadamard_fake_quant_triton(x: Tensor, lower: Tensor, upper: Tensor, bits: in
         bits: 2, 3, 4 or 8.
         dim: -1, or -2 to rotate the second-to-last axis (v's token axis for attn @ v).
         return_codes: also return the uint8 codes (rotated, padded domain).
+        keep_dc: rotated coefficient 0 passes through unquantized (QuantConfig.exact_dc); it takes
+            no part in the parameters' gradients and has no code (so not with return_codes).
     Returns:
         The dequantized rotated tensor (axis ``dim`` of size n, x's dtype, contiguous), and the codes
         if asked for. Differentiable in x, lower, upper, step_extra and zero_extra.
     Raises:
-        ValueError: bits not in (2, 3, 4, 8), dim not one of the last two axes, a parameter that is
+        ValueError: bits not in (2, 3, 4, 8), keep_dc with return_codes, dim not one of the last two axes, a parameter that is
             not a one-element float tensor, or (CPU tensors) a step s <= 0. On CUDA, s <= 0 raises a
             device-side assert at the next synchronization instead.
 
@@ -433,13 +444,15 @@ def hadamard_fake_quant_triton(x: Tensor, lower: Tensor, upper: Tensor, bits: in
     if dim not in (-1, -2, x.ndim - 1, x.ndim - 2) or x.ndim < (1 if dim in (-1, x.ndim - 1) else 2):
         raise ValueError(f"dim must be the last or second-to-last axis, got {dim} for a {x.ndim}-d tensor")
     dim = -1 if dim in (-1, x.ndim - 1) else -2
+    if keep_dc and return_codes:
+        raise ValueError("return_codes needs keep_dc=False: the DC coefficient has no code")
     if x.dtype not in _DTYPES or x.shape[dim] == 0 or next_pow2(x.shape[dim]) > MAX_N:
-        return hadamard_fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes)
+        return hadamard_fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes, keep_dc)
     lower, upper = _param(lower, "lower", x.device), _param(upper, "upper", x.device)
     step_extra, zero_extra = _param(step_extra, "step_extra", x.device), _param(zero_extra, "zero_extra", x.device)
     _check_step(x, lower, upper, step_extra, qmax)
     params = (lower, upper, step_extra, zero_extra)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params)):
-        return _HadamardFakeQuant.apply(x, *params, bits, dim, return_codes)
-    out, codes = _launch_forward(x, *params, bits, dim, return_codes)
+        return _HadamardFakeQuant.apply(x, *params, bits, dim, return_codes, keep_dc)
+    out, codes = _launch_forward(x, *params, bits, dim, return_codes, keep_dc)
     return (out, codes) if return_codes else out

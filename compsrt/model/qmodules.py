@@ -104,9 +104,10 @@ class ActQuantizer(Quantizer):
         return x if self.rotation == "none" else hadamard(x, self.dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.rotation == "deploy" and not self.calibrating and not self.exact_dc:
+        if self.rotation == "deploy" and not self.calibrating:
             s2, z2 = self.extras()  # the fused path (Triton on CUDA)
-            return hadamard_fake_quant(x, self.lower, self.upper, self.bits, s2, z2, dim=self.dim)
+            return hadamard_fake_quant(x, self.lower, self.upper, self.bits, s2, z2, dim=self.dim,
+                                       keep_dc=self.exact_dc)
         t = self.quantize_domain(self.to_domain(x))
         if self.rotation == "official":  # rotate back (H is its own inverse) and crop the padding
             t = hadamard(t, self.dim)
@@ -164,10 +165,10 @@ class QuantLinear(nn.Module):
         self.acts_rotated = cfg.rotation == "deploy"
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.splits > 1 and self.acts_rotated and (not x.is_cuda or self.aq[0].exact_dc):
+        if self.splits > 1 and self.acts_rotated and (not x.is_cuda or self.aq[0].calibrating):
             # q, k and v see the same input: rotate it once for their three quantizers, unless
-            # each can run the fused rotate+quantize kernel (CUDA, no FP DC coefficient), which
-            # is cheaper than storing the rotation.
+            # each can run the fused rotate+quantize kernel (CUDA), which is cheaper than
+            # storing the rotation.
             t = self.aq[0].to_domain(x)
             xs = [aq.quantize_domain(t) for aq in self.aq]
         else:
