@@ -94,8 +94,8 @@ class QuantConfig:
 @dataclass(frozen=True)
 class CalibConfig:
     """Calibration and distillation finetuning (DOBI + DQC). Defaults are the quick CPU run
-    (measured 7-15 s per batch-2 iteration of 64x64 patches on one thread of a shared 2-core
-    machine, so 12-25 minutes in all there; less on an idle machine).
+    (measured 4-6 s per batch-2 iteration of 64x64 patches on one thread of a 2-core machine
+    whose other core was busy, so about 7-10 minutes in all with the ~20 s DOBI).
 
     The paper's setting is iters=4000, batch=16 (``CalibConfig.full()``).
     """
