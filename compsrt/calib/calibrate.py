@@ -11,8 +11,8 @@
 
 Robustness: a non-finite loss or parameter stops training with the last finite state kept
 and the reason reported. Keep-best uses held-out *training* patches: the state whose output is
-closest to the FP model's (PSNR against the FP output; PSNR against HR is reported beside it). The state is
-checkpointed atomically (safetensors) so ``resume=True`` continues where a run stopped;
+closest to the FP model's (PSNR against the FP output; PSNR against HR is reported beside it).
+The state is checkpointed atomically (safetensors) so ``resume=True`` continues where a run stopped;
 batches come from ``default_rng([seed, iteration])``, so a resumed run sees the same data.
 """
 from __future__ import annotations
