@@ -65,22 +65,28 @@ def val_patches(val: list[Pair], n: int, patch: int, scale: int, seed: int) -> t
     return random_patches(val, np.random.default_rng([seed, 777]), n, patch, scale, aug=False)
 
 
-@torch.no_grad()
-def patch_psnr(model: torch.nn.Module, lr: np.ndarray, hr: np.ndarray, scale: int, device: torch.device) -> float:
-    out = model(_to_input(lr, device)).clamp(0, 1).mul(255).round().byte().cpu().numpy()
+def _hr_psnr(out: Tensor, hr: np.ndarray, scale: int) -> float:
+    """Mean PSNR (official protocol: uint8, Y, border crop) of outputs in [0, 1] against HR."""
+    out = out.mul(255).round().byte().cpu().numpy()
     return float(np.mean([psnr(o.transpose(1, 2, 0), h.transpose(1, 2, 0), scale) for o, h in zip(out, hr)]))
 
 
-@torch.no_grad()
-def fidelity(model: torch.nn.Module, lr: np.ndarray, fp_out: Tensor, device: torch.device) -> float:
-    """PSNR (dB) of the model's output against the FP model's output ``fp_out`` on ``lr``.
+def _fidelity(out: Tensor, fp_out: Tensor) -> float:
+    """PSNR (dB) of outputs in [0, 1] against the FP model's outputs ``fp_out``.
 
     The keep-best score: what finetuning optimizes, and far less noisy than PSNR against HR,
     in which a 4-bit model's error (~0.05 dB on a few patches) drowns in the patches' own.
     """
-    out = model(_to_input(lr, device)).clamp(0, 1)
     mse = torch.mean((out - fp_out) ** 2).item()
     return 10 * math.log10(1 / max(mse, 1e-20))
+
+
+@torch.no_grad()
+def val_scores(model: torch.nn.Module, lr: np.ndarray, hr: np.ndarray, fp_out: Tensor, scale: int,
+               device: torch.device) -> tuple[float, float]:
+    """(PSNR against HR, fidelity to the FP output) on the held-out patches, from one forward."""
+    out = model(_to_input(lr, device)).clamp(0, 1)
+    return _hr_psnr(out, hr, scale), _fidelity(out, fp_out)
 
 
 class _StageTaps:
@@ -211,9 +217,9 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
             student(_to_input(cal, device))
         set_calibrating(student, False)
         report.dobi_seconds = time.perf_counter() - t0
-        report.fp_val_psnr_db = patch_psnr(teacher, vlr, vhr, s, device)
-        report.start_val_psnr_db = report.best_val_psnr_db = patch_psnr(student, vlr, vhr, s, device)
-        report.start_fidelity_db = report.best_fidelity_db = fidelity(student, vlr, vfp, device)
+        report.fp_val_psnr_db = _hr_psnr(vfp, vhr, s)
+        report.start_val_psnr_db, report.start_fidelity_db = val_scores(student, vlr, vhr, vfp, s, device)
+        report.best_val_psnr_db, report.best_fidelity_db = report.start_val_psnr_db, report.start_fidelity_db
         best = _qstate(student)
     opt = _optimizer(student, cfg)
     if resuming:
@@ -252,7 +258,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         report.iters_done = it + 1
         bar.set_postfix(loss=f"{loss.item():.5f}")
         if report.iters_done % cfg.val_every == 0 or report.iters_done == cfg.iters:
-            score, fid = patch_psnr(student, vlr, vhr, s, device), fidelity(student, vlr, vfp, device)
+            score, fid = val_scores(student, vlr, vhr, vfp, s, device)
             report.history.append({"iteration": report.iters_done, "val_psnr_db": round(score, 4),
                                    "val_fidelity_db": round(fid, 4), "loss": round(loss.item(), 6)})
             if fid > report.best_fidelity_db:

@@ -9,6 +9,13 @@ from .fake_quant import _check_bits, fake_quant, fake_quant_ref, step_and_zero
 from .hadamard import hadamard_ref
 
 
+def _dc_dim(x: Tensor, dim: int, keep_dc: bool) -> int | None:
+    """fake_quant's ``dc_dim`` for keep_dc: the rotated axis as -1 or -2, or None."""
+    if not keep_dc:
+        return None
+    return -1 if dim in (-1, x.ndim - 1) else -2
+
+
 def hadamard_fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
                             zero_extra: Tensor | None = None, dim: int = -1,
                             return_codes: bool = False, keep_dc: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -25,7 +32,7 @@ def hadamard_fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, 
     Returns:
         The dequantized rotated tensor, axis ``dim`` of size n, in x's dtype (and the codes).
     """
-    dc_dim = (-1 if dim in (-1, x.ndim - 1) else -2) if keep_dc else None
+    dc_dim = _dc_dim(x, dim, keep_dc)
     if x.dtype in (torch.float16, torch.bfloat16):
         # Quantize the fp32 rotation: rounding it to x's dtype first would move bf16 codes at 8 bits
         # on ~4% of elements, and the fused kernels keep it in fp32.
@@ -51,8 +58,7 @@ def hadamard_fake_quant(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step
     if not x.is_cuda:
         if return_codes:
             return hadamard_fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes, keep_dc)
-        dc_dim = (-1 if dim in (-1, x.ndim - 1) else -2) if keep_dc else None
         return fake_quant(hadamard_ref(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim),
-                          lower, upper, bits, step_extra, zero_extra, dc_dim).to(x.dtype)
+                          lower, upper, bits, step_extra, zero_extra, _dc_dim(x, dim, keep_dc)).to(x.dtype)
     tri = _load_triton()
     return tri.hadamard_fake_quant_triton(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes, keep_dc)
