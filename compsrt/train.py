@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .budget import TimeBudget
 from .config import SwinIRConfig
 from .data import Pair, load_training_pairs, random_patches
 from .errors import CompsrtError
@@ -86,13 +87,14 @@ def to_tensor(a: np.ndarray) -> torch.Tensor:
 def validate(model: SwinIRLight, val: list[Pair], cfg: TrainConfig) -> float:
     """Mean PSNR (Y, crop = scale) over centre crops of the held-out training images."""
     model.eval()
+    dev = next(model.parameters()).device
     s, p, scores = cfg.scale, cfg.val_patch, []
     for pair in val:
         h, w = pair.lr.shape[:2]
         y, x = max(0, (h - p) // 2), max(0, (w - p) // 2)
         lr = pair.lr[y:y + p, x:x + p]
         hr = pair.hr[y * s:(y + lr.shape[0]) * s, x * s:(x + lr.shape[1]) * s]
-        out = model(to_tensor(lr.transpose(2, 0, 1))[None])[0]
+        out = model(to_tensor(lr.transpose(2, 0, 1))[None].to(dev))[0].float().cpu()
         sr = (out.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
         scores.append(psnr(sr, hr, crop_border=s))
     model.train()
@@ -100,13 +102,13 @@ def validate(model: SwinIRLight, val: list[Pair], cfg: TrainConfig) -> float:
 
 
 def save_state(path: Path, model: SwinIRLight, opt: torch.optim.Adam, it: int, best: float, cfg: TrainConfig) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for i, p in enumerate(model.parameters()):
         st = opt.state.get(p)
         if st:
-            tensors[f"adam.{i}.exp_avg"] = st["exp_avg"].contiguous()
-            tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
-            tensors[f"adam.{i}.step"] = st["step"].reshape(1).float()
+            tensors[f"adam.{i}.exp_avg"] = st["exp_avg"].cpu().contiguous()
+            tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"].cpu().contiguous()
+            tensors[f"adam.{i}.step"] = st["step"].cpu().reshape(1).float()
     meta = {"iteration": str(it), "best_psnr_db": repr(best), "config": json.dumps(asdict(cfg))}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -121,7 +123,8 @@ def load_state(path: Path, model: SwinIRLight, opt: torch.optim.Adam) -> tuple[i
     model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
     for i, p in enumerate(model.parameters()):
         if f"adam.{i}.exp_avg" in t:
-            opt.state[p] = {"exp_avg": t[f"adam.{i}.exp_avg"], "exp_avg_sq": t[f"adam.{i}.exp_avg_sq"],
+            opt.state[p] = {"exp_avg": t[f"adam.{i}.exp_avg"].to(p.device),
+                            "exp_avg_sq": t[f"adam.{i}.exp_avg_sq"].to(p.device),
                             "step": t[f"adam.{i}.step"].reshape(())}
     return int(meta["iteration"]), float(meta["best_psnr_db"])
 
@@ -136,9 +139,17 @@ def init_from(model: SwinIRLight, path: Path) -> int:
     return len(take)
 
 
-def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> float:
-    """Train (or resume) into ``out``; returns the best validation PSNR."""
+def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True,
+          device: str | torch.device = "cpu", minutes: float = 0.0) -> float:
+    """Train (or resume) into ``out``; returns the best validation PSNR.
+
+    ``minutes`` > 0 shortens ``cfg.iters`` so that this call ends within that wall-clock time
+    (see :mod:`compsrt.budget`); the shortened length is what ``args.json`` and the state record.
+    """
     from tqdm import tqdm
+
+    budget = TimeBudget(minutes)
+    device = torch.device(device)
 
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.safetensors"
@@ -148,6 +159,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = Tr
     model = SwinIRLight(SwinIRConfig(scale=cfg.scale))
     if cfg.init:
         init_from(model, Path(cfg.init))
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
     start, best = 0, -1.0
     if resume and state_path.exists():
@@ -159,15 +171,16 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = Tr
     train_set, val_set = split_holdout(big, cfg.val_images, cfg.seed)
     (out / "args.json").write_text(json.dumps(asdict(cfg), indent=1))
     model.train()
+    budget.loop_started()
     bar = tqdm(range(start, cfg.iters), initial=start, total=cfg.iters, desc=f"train x{cfg.scale}", disable=not progress)
     t0 = time.time()
     for it in bar:
         lr_np, hr_np = random_patches(train_set, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, cfg.scale)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, it)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            sr = model(to_tensor(lr_np))
-        loss = F.l1_loss(sr.float(), to_tensor(hr_np))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            sr = model(to_tensor(lr_np).to(device, non_blocking=True))
+        loss = F.l1_loss(sr.float(), to_tensor(hr_np).to(device, non_blocking=True))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip > 0:
@@ -175,6 +188,12 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = Tr
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_at(cfg, it):.2e}")
         done = it + 1
+        fitted = budget.fit(done, cfg.iters)
+        if fitted != cfg.iters:
+            print(f"time budget of {minutes:g} min: this run stops at iteration {fitted}", file=sys.stderr)
+            cfg = replace(cfg, iters=fitted)
+            bar.total = fitted
+            (out / "args.json").write_text(json.dumps(asdict(cfg), indent=1))
         if done % cfg.val_every == 0 or done == cfg.iters:
             score = validate(model, val_set, cfg)
             if score > best:
@@ -184,6 +203,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = Tr
                 f.write(json.dumps({"iteration": done, "val_psnr_db": round(score, 4), "loss": round(loss.item(), 5),
                                     "lr": lr_at(cfg, it), "seconds": round(time.time() - t0, 1)}) + "\n")
             save_state(state_path, model, opt, done, best, cfg)
+        if done >= cfg.iters:
+            break
     return best
 
 
@@ -206,6 +227,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", type=int, default=d.val_images)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="wall-clock budget: shorten --iters to end within it (0 = no budget)")
     return p
 
 
@@ -221,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                           warmup=a.warmup, clip=a.clip, bf16=not a.no_bf16, val_every=a.val_every,
                           val_images=a.val_images, seed=a.seed, data=tuple(map(str, a.data)),
                           init=str(a.init or ""))
-        best = train(cfg, a.out, resume=a.resume)
+        if str(a.device).startswith("cuda") and not torch.cuda.is_available():
+            raise CompsrtError("--device cuda asked but no CUDA GPU is available; use --device cpu")
+        best = train(cfg, a.out, resume=a.resume, device=a.device, minutes=a.minutes)
     except (CompsrtError, ValueError) as e:
         print(f"compsrt.train: error: {e}", file=sys.stderr)
         return 2

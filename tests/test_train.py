@@ -174,3 +174,30 @@ def test_train_refuses_existing_run_before_work(tmp_path):
     (tmp_path / "state.safetensors").write_bytes(b"")
     with pytest.raises(CompsrtError, match="holds a run already"):
         train(TrainConfig(data=("unused",)), tmp_path, progress=False)
+
+
+def test_minutes_budget_shortens_the_run(cfg, tmp_path, monkeypatch):
+    """A budget too small for the asked length: the run ends early, validated, and records its length."""
+    import compsrt.budget as budget_mod
+
+    now = [0.0]
+
+    def tick():  # every clock read advances 1 s: 30 probe iterations eat ~60 s of a 100 s budget
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(budget_mod.time, "perf_counter", tick)
+    c = replace(cfg, iters=10_000, val_every=10_000)
+    out = tmp_path / "budget"
+    train(c, out, progress=False, minutes=100 / 60)
+    args = json.loads((out / "args.json").read_text())
+    log = _log(out)
+    assert 30 <= args["iters"] < 100 and log[-1]["iteration"] == args["iters"]
+    assert _iteration(out / "state.safetensors") == args["iters"]
+
+
+def test_cli_cuda_without_gpu_is_one_line(capsys, images, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = main(["--scale", "2", "--data", str(images), "--out", str(tmp_path / "o"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1

@@ -50,18 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", type=int, default=3, help="training images held out for keep-best")
     p.add_argument("--iters", type=int, help=f"finetuning iterations (default {d.iters}; 4000 on a GPU)")
     p.add_argument("--batch", type=int, help=f"finetuning batch (default {d.batch}; 16 on a GPU)")
-    p.add_argument("--calib-batch", type=int, default=d.calib_batch, help="patches in the DOBI batch")
+    p.add_argument("--calib-batch", type=int, help=f"patches in the DOBI batch (default {d.calib_batch}; 32 on a GPU)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--feature-loss", type=float, default=d.feature_loss, help="weight of the stage feature loss")
     p.add_argument("--prune", type=float, default=0.0, help="fraction pruned per quantized weight (e.g. 0.4)")
     p.add_argument("--prune-mode", choices=("unstructured", "channel"), default="unstructured")
-    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--val-every", type=int, help=f"keep-best check every K iterations (default {d.val_every}; 200 on a GPU)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--eval-data", type=Path, help="benchmark folder to evaluate on after calibration "
                    "(e.g. ../shared/data/benchmark); omitted = no evaluation")
     p.add_argument("--eval-sets", nargs="+", default=["Set5", "Set14", "B100"])
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="wall-clock budget of the calibration: shorten --iters to end within it (0 = none)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -69,10 +71,9 @@ def _parser() -> argparse.ArgumentParser:
 def _calib_config(a: argparse.Namespace) -> CalibConfig:
     on_gpu = str(a.device).startswith("cuda")
     base = CalibConfig.full() if on_gpu else CalibConfig()
-    return CalibConfig(**{**asdict(base), "iters": a.iters if a.iters is not None else base.iters,
-                          "batch": a.batch if a.batch is not None else base.batch,
-                          "calib_batch": a.calib_batch, "lr": a.lr, "feature_loss": a.feature_loss,
-                          "val_every": a.val_every, "seed": a.seed})
+    # Options left out take the base's value: the GPU's base is the paper's setting, not the quick one.
+    given = {k: getattr(a, k) for k in ("iters", "batch", "calib_batch", "val_every") if getattr(a, k) is not None}
+    return CalibConfig(**{**asdict(base), **given, "lr": a.lr, "feature_loss": a.feature_loss, "seed": a.seed})
 
 
 def write_report(out: Path, report: dict) -> None:
@@ -128,11 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         train, val = pairs[a.val_images:], pairs[:a.val_images]
         a.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        model, rep = calibrate(fp, train, val, quant, cfg, state, a.resume, not a.quiet, a.device)
+        model, rep = calibrate(fp, train, val, quant, cfg, state, a.resume, not a.quiet, a.device,
+                               minutes=a.minutes)
         wall = time.perf_counter() - t0
         weights_name = str(a.weights) if a.weights else f"bundled swinir_light_x{a.scale}"
         config = {"method": a.method, "scale": a.scale, "weights": weights_name, "data": [str(d) for d in data],
-                  "device": str(a.device), "quant": asdict(quant), "calib": asdict(cfg)}
+                  "device": str(a.device), "quant": asdict(quant), "calib": rep.calib}
         save_calibrated(model.cpu(), a.out / "model.safetensors", provenance={**config, "iters_done": rep.iters_done})
         report = {"config": config, "wall_seconds": wall, "calibration": asdict(rep)}
         if a.eval_data is not None:

@@ -21,7 +21,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..budget import TimeBudget
 from ..config import CalibConfig, QuantConfig
 from ..data import Pair, random_patches
 from ..io import atomic_path
@@ -187,7 +188,7 @@ def _optimizer(model: torch.nn.Module, cfg: CalibConfig) -> torch.optim.Adam:
 
 def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantConfig, cfg: CalibConfig,
               state_path: Path | None = None, resume: bool = False, progress: bool = True,
-              device: str | torch.device = "cpu") -> tuple[SwinIRLight, CalibReport]:
+              device: str | torch.device = "cpu", minutes: float = 0.0) -> tuple[SwinIRLight, CalibReport]:
     """Quantize ``fp`` with DOBI + DQC; returns the calibrated model (best state) and a report.
 
     Args:
@@ -195,8 +196,13 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         train: HR/LR pairs to draw calibration and finetuning patches from (never test sets).
         val: held-out pairs for keep-best validation.
         state_path: where to checkpoint (and resume from); None disables checkpoints.
+        minutes: wall-clock budget (> 0): the finetuning is shortened to end within it, counted
+            from this call, DOBI included (see :mod:`compsrt.budget`); ``report.calib`` records
+            the shortened length.
     """
     from tqdm import tqdm
+
+    budget = TimeBudget(minutes)
 
     device = torch.device(device)
     s = fp.cfg.scale
@@ -228,6 +234,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     taps_t = _StageTaps(teacher) if cfg.feature_loss > 0 else None
     last_good = _qstate(student)
     t_start, done_here = time.perf_counter(), 0
+    budget.loop_started()
     bar = tqdm(range(start, cfg.iters), initial=start, total=cfg.iters, desc=f"DQC w{quant.bits}a{quant.bits}",
                disable=not progress)
     for it in bar:
@@ -249,7 +256,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         opt.step()
         for q in quantizers(student):
             q.project_()
-        if not all(bool(torch.isfinite(p)) for p in params):
+        if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one host sync
             student.load_state_dict(last_good, strict=False)
             report.stopped = f"non-finite quantizer parameter after iteration {it}; kept the last finite state"
             break
@@ -257,6 +264,11 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         done_here += 1
         report.iters_done = it + 1
         bar.set_postfix(loss=f"{loss.item():.5f}")
+        fitted = budget.fit(report.iters_done, cfg.iters)
+        if fitted != cfg.iters:
+            cfg = replace(cfg, iters=fitted)
+            report.calib = asdict(cfg)
+            bar.total = fitted
         if report.iters_done % cfg.val_every == 0 or report.iters_done == cfg.iters:
             score, fid = val_scores(student, vlr, vhr, vfp, s, device)
             report.history.append({"iteration": report.iters_done, "val_psnr_db": round(score, 4),
@@ -266,6 +278,8 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
                 report.best_iter, best = report.iters_done, _qstate(student)
             if state_path is not None:
                 _save_state(state_path, student, opt, report.iters_done, best, report)
+        if report.iters_done >= cfg.iters:
+            break
     report.finetune_seconds += time.perf_counter() - t_start
     if done_here:
         report.seconds_per_iter = (time.perf_counter() - t_start) / done_here

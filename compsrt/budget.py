@@ -1,0 +1,46 @@
+"""Fit a run's length to a wall-clock budget (``--minutes`` of training and calibration).
+
+Why: warmup and cosine schedules need the run's length up front, but a lent GPU (or a CI slot)
+gives minutes, not iterations, and nobody knows the speed of a machine before running on it.
+So the run times its first ``probe`` iterations and then, once, shortens its iteration count so
+that it ends inside the budget; the schedule has barely moved by then. A hard stop at the budget
+catches a run that slows down later (another job on the same GPU, say).
+"""
+from __future__ import annotations
+
+import time
+
+
+class TimeBudget:
+    """Call :meth:`loop_started` before the first iteration and :meth:`fit` after each one.
+
+    ``minutes <= 0`` disables it: :meth:`fit` returns ``iters`` unchanged.
+    """
+
+    def __init__(self, minutes: float, probe: int = 30, margin: float = 0.92) -> None:
+        self.seconds = minutes * 60.0
+        self.probe, self.margin = probe, margin
+        self.t0 = time.perf_counter()   # the budget counts from here: data loading included
+        self.loop_t0 = self.t0
+        self.steps = 0
+        self.cap: int | None = None   # the run's length as asked, never exceeded
+
+    def loop_started(self) -> None:
+        self.loop_t0 = time.perf_counter()
+        self.steps = 0
+
+    def fit(self, done: int, iters: int) -> int:
+        """The run's iteration count after ``done`` iterations: ``iters`` or fewer, never below ``done``."""
+        if self.seconds <= 0:
+            return iters
+        self.steps += 1
+        now = time.perf_counter()
+        if now - self.t0 >= self.seconds:
+            return done
+        if self.cap is None:
+            self.cap = iters
+        if self.steps in (self.probe, 4 * self.probe, 16 * self.probe):  # re-fit: warm-up steps are slow
+            per_iter = (now - self.loop_t0) / self.steps
+            left = self.seconds * self.margin - (now - self.t0)
+            return max(done, min(self.cap, done + int(left / per_iter)))
+        return iters
