@@ -2,9 +2,11 @@
 
 Why: warmup and cosine schedules need the run's length up front, but a lent GPU (or a CI slot)
 gives minutes, not iterations, and nobody knows the speed of a machine before running on it.
-So the run times its first ``probe`` iterations and then, once, shortens its iteration count so
-that it ends inside the budget; the schedule has barely moved by then. A hard stop at the budget
-catches a run that slows down later (another job on the same GPU, say).
+So the run times its first ``probe`` iterations and sets its iteration count so that it ends
+inside the budget (never beyond the count asked for); the schedule has barely moved by then. It
+re-fits after 4x and 16x ``probe`` iterations, because the first steps of a GPU run are slow
+(compilation, allocator warm-up: on an H200 a single early fit stopped a 5-minute run at 3.6).
+A hard stop at the budget catches a run that slows down later (another job on the same GPU).
 """
 from __future__ import annotations
 
