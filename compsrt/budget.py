@@ -11,6 +11,10 @@ A hard stop at the budget catches a run that slows down later (another job on th
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from typing import Any, TypeVar
+
+C = TypeVar("C")
 
 
 class TimeBudget:
@@ -46,3 +50,13 @@ class TimeBudget:
             left = self.seconds * self.margin - (now - self.t0)
             return max(done, min(self.cap, done + int(left / per_iter)))
         return iters
+
+    def shorten(self, cfg: C, done: int, bar: Any = None) -> C:
+        """``cfg`` (a frozen dataclass with ``iters``) fitted after ``done`` iterations: the same
+        object when its length stands, else a copy with the new ``iters`` (and ``bar``'s total)."""
+        fitted = self.fit(done, cfg.iters)
+        if fitted == cfg.iters:
+            return cfg
+        if bar is not None:
+            bar.total = fitted
+        return replace(cfg, iters=fitted)

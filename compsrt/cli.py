@@ -10,8 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
+from .device import parse_device
 from .errors import CompsrtError
 from .io import SUPPORTED_SUFFIXES, check_image_path, load_image, save_image
 from .infer import upscale
@@ -52,23 +51,13 @@ def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     return [(src, dst)]
 
 
-def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CompsrtError(f"--device {name!r} is not a device name; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CompsrtError("--device cuda asked but no CUDA GPU is available; use --device cpu")
-    return dev
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
             raise CompsrtError(f"--tile {args.tile} --tile-overlap {args.tile_overlap}: need tile >= 0 and overlap < tile")
         jobs = _jobs(args.src, args.dst)
-        dev = _device(args.device)
+        dev = parse_device(args.device)
         model = load_model(args.weights, args.scale, args.arch).to(dev)
         from tqdm import tqdm
 

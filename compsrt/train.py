@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from .budget import TimeBudget
 from .config import SwinIRConfig
 from .data import Pair, load_training_pairs, random_patches
+from .device import parse_device
 from .errors import CompsrtError
 from .io import atomic_path
 from .metrics import psnr
@@ -188,11 +189,10 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = Tr
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_at(cfg, it):.2e}")
         done = it + 1
-        fitted = budget.fit(done, cfg.iters)
-        if fitted != cfg.iters:
-            print(f"time budget of {minutes:g} min: this run stops at iteration {fitted}", file=sys.stderr)
-            cfg = replace(cfg, iters=fitted)
-            bar.total = fitted
+        fitted = budget.shorten(cfg, done, bar)
+        if fitted is not cfg:
+            cfg = fitted
+            print(f"time budget of {minutes:g} min: this run stops at iteration {cfg.iters}", file=sys.stderr)
             (out / "args.json").write_text(json.dumps(asdict(cfg), indent=1))
         if done % cfg.val_every == 0 or done == cfg.iters:
             score = validate(model, val_set, cfg)
@@ -245,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                           warmup=a.warmup, clip=a.clip, bf16=not a.no_bf16, val_every=a.val_every,
                           val_images=a.val_images, seed=a.seed, data=tuple(map(str, a.data)),
                           init=str(a.init or ""))
-        if str(a.device).startswith("cuda") and not torch.cuda.is_available():
-            raise CompsrtError("--device cuda asked but no CUDA GPU is available; use --device cpu")
-        best = train(cfg, a.out, resume=a.resume, device=a.device, minutes=a.minutes)
+        best = train(cfg, a.out, resume=a.resume, device=parse_device(a.device), minutes=a.minutes)
     except (CompsrtError, ValueError) as e:
         print(f"compsrt.train: error: {e}", file=sys.stderr)
         return 2

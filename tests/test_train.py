@@ -125,7 +125,8 @@ def test_cli_short_run(capsys, images, tmp_path):
 
 @pytest.mark.parametrize("argv, expected", [(["--data", "NOPE"], "not a folder"),
                                             (["--init", "NOPE.safetensors"], "not found"),
-                                            (["--iters", "0"], "iters must be >= 1")])
+                                            (["--iters", "0"], "iters must be >= 1"),
+                                            (["--device", "foo"], "not a device name")])
 def test_cli_user_mistakes(capsys, images, tmp_path, argv, expected):
     base = {"--scale": "2", "--data": str(images), "--out": str(tmp_path / "o")}
     for flag, value in zip(argv[::2], argv[1::2]):

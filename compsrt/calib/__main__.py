@@ -20,6 +20,7 @@ import torch
 
 from ..config import CalibConfig
 from ..data import load_training_pairs
+from ..device import parse_device
 from ..errors import CompsrtError
 from ..io import atomic_path
 from ..model.compress import save_calibrated
@@ -109,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compsrt.calib: error: {e}", file=sys.stderr)
         return 2
     try:
-        if a.device.startswith("cuda") and not torch.cuda.is_available():
-            raise CompsrtError("--device cuda asked but no CUDA GPU is available; use --device cpu")
+        device = parse_device(a.device)
         state = a.out / "calib_state.safetensors"
         if state.exists() and not a.resume:
             raise CompsrtError(f"{a.out}: holds a calibration run; pass --resume to continue it or choose another --out")
@@ -129,19 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         train, val = pairs[a.val_images:], pairs[:a.val_images]
         a.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        model, rep = calibrate(fp, train, val, quant, cfg, state, a.resume, not a.quiet, a.device,
+        model, rep = calibrate(fp, train, val, quant, cfg, state, a.resume, not a.quiet, device,
                                minutes=a.minutes)
         wall = time.perf_counter() - t0
         weights_name = str(a.weights) if a.weights else f"bundled swinir_light_x{a.scale}"
         config = {"method": a.method, "scale": a.scale, "weights": weights_name, "data": [str(d) for d in data],
-                  "device": str(a.device), "quant": asdict(quant), "calib": rep.calib}
+                  "device": str(device), "quant": asdict(quant), "calib": rep.calib}
         save_calibrated(model.cpu(), a.out / "model.safetensors", provenance={**config, "iters_done": rep.iters_done})
         report = {"config": config, "wall_seconds": wall, "calibration": asdict(rep)}
         if a.eval_data is not None:
             from ..eval import evaluate
 
-            q = evaluate(model, a.eval_data, a.eval_sets, a.scale, a.device, progress=not a.quiet)
-            f = evaluate(fp, a.eval_data, a.eval_sets, a.scale, a.device, progress=not a.quiet)
+            q = evaluate(model, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet)
+            f = evaluate(fp, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet)
             report["eval"] = {n: {"psnr_db": q[n]["psnr_db"], "ssim": q[n]["ssim"], "fp_psnr_db": f[n]["psnr_db"],
                                   "fp_ssim": f[n]["ssim"], "seconds_per_image": q[n]["seconds_per_image"]}
                               for n in a.eval_sets}

@@ -21,7 +21,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -256,7 +256,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         opt.step()
         for q in quantizers(student):
             q.project_()
-        if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # one host sync
+        if not bool(torch.isfinite(torch.stack([p.detach() for p in params])).all()):  # one host sync
             student.load_state_dict(last_good, strict=False)
             report.stopped = f"non-finite quantizer parameter after iteration {it}; kept the last finite state"
             break
@@ -264,11 +264,10 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         done_here += 1
         report.iters_done = it + 1
         bar.set_postfix(loss=f"{loss.item():.5f}")
-        fitted = budget.fit(report.iters_done, cfg.iters)
-        if fitted != cfg.iters:
-            cfg = replace(cfg, iters=fitted)
+        fitted = budget.shorten(cfg, report.iters_done, bar)
+        if fitted is not cfg:
+            cfg = fitted
             report.calib = asdict(cfg)
-            bar.total = fitted
         if report.iters_done % cfg.val_every == 0 or report.iters_done == cfg.iters:
             score, fid = val_scores(student, vlr, vhr, vfp, s, device)
             report.history.append({"iteration": report.iters_done, "val_psnr_db": round(score, 4),
