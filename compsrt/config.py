@@ -91,6 +91,9 @@ class QuantConfig:
             raise ValueError("nothing to train: decompose=False and train_bounds=False")
 
 
+LR_UNITS = ("range", "step", "absolute")
+
+
 @dataclass(frozen=True)
 class CalibConfig:
     """Calibration and distillation finetuning (DOBI + DQC). Defaults are the quick CPU run
@@ -105,7 +108,7 @@ class CalibConfig:
     patch: int = 64             # LR patch side
     calib_batch: int = 8        # patches in the one DOBI batch
     lr: float = 1e-2
-    lr_relative: bool = True    # per quantizer, lr x its DOBI range (u - l); False = one absolute lr
+    lr_unit: str = "range"      # per quantizer, lr x its DOBI "range" (u - l) or "step"; "absolute": one lr
     clip: float = 1.0           # gradient value clipping, as the official code
     feature_loss: float = 0.0   # weight of the normalized feature loss on the 4 stage outputs
     val_every: int = 25
@@ -115,6 +118,8 @@ class CalibConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.lr_unit not in LR_UNITS:
+            raise ValueError(f"lr_unit must be one of {LR_UNITS}, got {self.lr_unit!r}")
         for name in ("batch", "patch", "calib_batch", "val_every", "val_patches", "search_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

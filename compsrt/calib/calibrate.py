@@ -159,30 +159,34 @@ def _load_state(path: Path, model, opt) -> tuple[int, dict, CalibReport]:
             opt.state[p] = {"exp_avg": t[f"adam.{i}.exp_avg"].reshape(()).to(dev),
                             "exp_avg_sq": t[f"adam.{i}.exp_avg_sq"].reshape(()).to(dev),
                             "step": t[f"adam.{i}.step"].reshape(())}
-    for g, lr in zip(opt.param_groups, t["base_lr"].tolist()):  # the DOBI-range rates of the first run
+    for g, lr in zip(opt.param_groups, t["base_lr"].tolist()):  # the first run's rates (from its DOBI)
         g["base_lr"] = lr
     best = {k[5:]: v.to(dev) for k, v in t.items() if k.startswith("best.")}
     return int(meta["iteration"]), best, CalibReport(**json.loads(meta["report"]))
 
 
 def _optimizer(model: torch.nn.Module, cfg: CalibConfig) -> torch.optim.Adam:
-    """Adam over the quantizer scalars. With ``lr_relative`` a quantizer's bounds learn at lr x
-    its DOBI range and its extras (s2, z2) at lr x its step, so a weight quantizer with a range
-    of 0.3 and an activation quantizer with a range of 30 both move their bounds by about 1% of
-    the range per update at lr 1e-2 (one absolute rate, as the official code uses, moves small
-    weight bounds by a whole quantization step per update).
+    """Adam over the quantizer scalars, each quantizer's rates scaled by ``cfg.lr_unit``.
+
+    "range" (default): bounds learn at lr x the DOBI range, extras (s2, z2) at lr x the step, so
+    a weight quantizer with a range of 0.3 and an activation quantizer with a range of 30 both
+    move their bounds by about 1% of the range per update at lr 1e-2 (one "absolute" rate, as the
+    official code uses, moves small weight bounds by a whole quantization step per update).
+    A bound then moves (2^b - 1)% of a step per update: 15% at 4 bits but 3% at 2, too slowly
+    for either method at 2 bits (docs/calib/experiments.md). "step": everything at lr x the
+    step, the same fraction of a step at every bit width.
 
     The range is read once, right after DOBI; a resumed run restores those rates from its state.
     """
     groups = []
     for q in quantizers(model):
         rng = float((q.upper - q.lower).detach())
-        # bounds move relative to the range, the extras relative to the step they adjust
-        for ps, scale in (((q.lower, q.upper), rng), ((q.step_extra, q.zero_extra), rng / (2 ** q.bits - 1))):
+        step = rng / (2 ** q.bits - 1)
+        units = {"range": (rng, step), "step": (step, step), "absolute": (1.0, 1.0)}[cfg.lr_unit]
+        for ps, unit in zip(((q.lower, q.upper), (q.step_extra, q.zero_extra)), units):
             ps = [p for p in ps if p.requires_grad]
-            lr = cfg.lr * (scale if cfg.lr_relative else 1.0)
             if ps:
-                groups.append({"params": ps, "lr": lr, "base_lr": lr})
+                groups.append({"params": ps, "lr": cfg.lr * unit, "base_lr": cfg.lr * unit})
     return torch.optim.Adam(groups, betas=(0.9, 0.99))
 
 

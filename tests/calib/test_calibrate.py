@@ -115,6 +115,26 @@ def test_every_method_trains(fp_model, batch, method):
     assert min(losses[-5:]) < losses[0]
 
 
+@pytest.mark.parametrize("unit", ["range", "step", "absolute"])
+def test_lr_units_scale_each_quantizers_rates(fp_model, batch, unit):
+    """Per quantizer: bounds at lr x range (or step, or 1), extras at lr x step (or 1)."""
+    m = quantized(fp_model, method_config("compsrt", 2), batch)
+    opt = _optimizer(m, CalibConfig(lr=0.1, lr_unit=unit))
+    qs = quantizers(m)
+    assert len(opt.param_groups) == 2 * len(qs)
+    for q, (gb, ge) in zip(qs, zip(opt.param_groups[::2], opt.param_groups[1::2])):
+        rng = float((q.upper - q.lower).detach())
+        step = rng / 3
+        want = {"range": (rng, step), "step": (step, step), "absolute": (1.0, 1.0)}[unit]
+        assert gb["params"][0] is q.lower and ge["params"][0] is q.step_extra
+        assert gb["lr"] == pytest.approx(0.1 * want[0]) and ge["lr"] == pytest.approx(0.1 * want[1])
+
+
+def test_lr_unit_is_validated():
+    with pytest.raises(ValueError, match="lr_unit"):
+        CalibConfig(lr_unit="bits")
+
+
 def test_every_quantizer_parameter_gets_gradient(fp_model, batch):
     m = quantized(fp_model, QuantConfig(bits=2), batch)
     # move the extras off the DOBI point so codes saturate and z2 has something to learn from

@@ -22,3 +22,8 @@ def test_given_options_win_on_either_device():
     for dev in ("cpu", "cuda"):
         c = _cfg("--device", dev, "--iters", "7", "--batch", "3", "--calib-batch", "5", "--val-every", "9")
         assert (c.iters, c.batch, c.calib_batch, c.val_every) == (7, 3, 5, 9)
+
+
+def test_lr_unit_option():
+    assert _cfg("--lr-unit", "step", "--lr", "0.15").lr_unit == "step"
+    assert _cfg().lr_unit == CalibConfig().lr_unit == "range"
