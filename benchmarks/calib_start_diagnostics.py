@@ -1,10 +1,10 @@
-"""Why CompSRT's finetuning gains little at 2 bits: two looks at the DOBI starting point.
+"""Why CompSRT's finetuning gains little at 2 bits: three looks at the DOBI starting point.
 
     python benchmarks/calib_start_diagnostics.py dobi-error --bits 2 --methods 2dquant compsrt
     python benchmarks/calib_start_diagnostics.py linesearch --bits 2 --methods 2dquant compsrt
     python benchmarks/calib_start_diagnostics.py grad-snr --bits 2 --batches 8
 
-Both rebuild the quick default's DOBI start exactly (shipped x2 weights, bundled crops, the same
+All three rebuild the quick default's DOBI start exactly (shipped x2 weights, bundled crops, the same
 seeded calibration batch) without finetuning.
 
 dobi-error: per quantizer site, the quantization error energy right after DOBI (dB of the summed

@@ -26,24 +26,8 @@ from compsrt.config import CalibConfig  # noqa: E402
 from compsrt.model.qmodules import quantizers  # noqa: E402
 
 
-def tiny_fp() -> torch.nn.Module:
-    """The same briefly fitted tiny model as the tests' fixture."""
-    torch.manual_seed(0)
-    model = T.SwinIRLight(T.TINY)
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    pairs = T.smooth_images(4, 64, 1)
-    lr = torch.stack([torch.from_numpy(p.lr).permute(2, 0, 1) for p in pairs]).float() / 255
-    hr = torch.stack([torch.from_numpy(p.hr).permute(2, 0, 1) for p in pairs]).float() / 255
-    for _ in range(30):
-        loss = F.l1_loss(model(lr), hr)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
 def main() -> None:
-    fp = tiny_fp()
+    fp = T.fit_tiny_model()
     batch = torch.stack([torch.from_numpy(p.lr).permute(2, 0, 1) for p in T.smooth_images(2, 48, 7)]).float() / 255
     with torch.no_grad():
         target = fp(batch)

@@ -40,7 +40,12 @@ def smooth_images(n: int, size: int, seed: int) -> list[Pair]:
 
 @pytest.fixture(scope="module")
 def fp_model() -> SwinIRLight:
-    """A tiny model briefly fitted to bicubic-like SR, so quantization error is measurable."""
+    return fit_tiny_model()
+
+
+def fit_tiny_model() -> SwinIRLight:
+    """A tiny model briefly fitted to bicubic-like SR, so quantization error is measurable
+    (also used by benchmarks/calib_tiny_rates.py)."""
     torch.manual_seed(0)
     model = SwinIRLight(TINY)
     opt = torch.optim.Adam(model.parameters(), 2e-3)
