@@ -30,9 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from compsrt.calib.__main__ import bundled_calib_images
+from compsrt.calib.calibrate import search_bounds_
 from compsrt.calib.methods import method_config
+from compsrt.config import CalibConfig
 from compsrt.data import load_training_pairs, random_patches
-from compsrt.model.compress import compress_, set_calibrating
+from compsrt.model.compress import compress_
 from compsrt.model.load import load_model
 from compsrt.model.qmodules import Quantizer, quantizers
 
@@ -44,44 +46,35 @@ def _site(name: str) -> str:
     return ".".join(p for p in name.split(".") if not p.isdigit() and p not in skip)
 
 
-def dobi_start(fp, method: str, bits: int, train) -> torch.nn.Module:
-    """The calibrated-but-not-finetuned model, as calibrate() builds it with the quick defaults."""
-    cal, _ = random_patches(train, np.random.default_rng([0, 2 ** 31]), 8, 64, fp.cfg.scale)
+def dobi_start(fp, method: str, bits: int, train) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The calibrated-but-not-finetuned model, as calibrate() builds it with the quick defaults,
+    and the calibration batch it searched on."""
     m = compress_(copy.deepcopy(fp), method_config(method, bits)).eval()
-    set_calibrating(m, True, n=100, max_elems=1 << 16, seed=0)
-    with torch.no_grad():
-        m(torch.from_numpy(cal).float() / 255)
-    set_calibrating(m, False)
-    return m
+    return m, search_bounds_(m, train, CalibConfig(), torch.device("cpu"))
 
 
 def dobi_error(fp, method: str, bits: int, train) -> None:
-    errs = collections.defaultdict(list)
+    errs: dict[Quantizer, float] = {}
     original = Quantizer.search
 
     def search(q: Quantizer, t: torch.Tensor) -> None:
         original(q, t)
-        errs[q.site].append(10 * math.log10(max(float((q.fake(t) - t).pow(2).sum()), 1e-20)))
+        errs[q] = 10 * math.log10(max(float((q.fake(t) - t).pow(2).sum()), 1e-20))
 
-    m = compress_(copy.deepcopy(fp), method_config(method, bits)).eval()
-    for name, q in m.named_modules():
-        if isinstance(q, Quantizer):
-            q.site = _site(name)
     Quantizer.search = search
     try:
-        cal, _ = random_patches(train, np.random.default_rng([0, 2 ** 31]), 8, 64, fp.cfg.scale)
-        x = torch.from_numpy(cal).float() / 255
-        set_calibrating(m, True, n=100, max_elems=1 << 16, seed=0)
-        with torch.no_grad():
-            m(x)
+        m, x = dobi_start(fp, method, bits, train)
     finally:
         Quantizer.search = original
-    set_calibrating(m, False)
+    by_site = collections.defaultdict(list)
+    for name, q in m.named_modules():
+        if isinstance(q, Quantizer):
+            by_site[_site(name)].append(errs[q])
     with torch.no_grad():
         mse = (m(x).clamp(0, 1) - fp(x).clamp(0, 1)).pow(2).mean().item()
     print(f"{method} w{bits}: fidelity on the calibration batch {10 * math.log10(1 / mse):.2f} dB")
-    for s in sorted(errs):
-        print(f"  {s:14s} error energy {np.mean(errs[s]):6.2f} dB (mean of {len(errs[s])})")
+    for s in sorted(by_site):
+        print(f"  {s:14s} error energy {np.mean(by_site[s]):6.2f} dB (mean of {len(by_site[s])})")
 
 
 def _batches(fp, train, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -95,7 +88,7 @@ def _batches(fp, train, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def grad_snr(fp, method: str, bits: int, train, k: int) -> None:
-    m = dobi_start(fp, method, bits, train)
+    m, _ = dobi_start(fp, method, bits, train)
     grads = collections.defaultdict(list)
     for x, t in _batches(fp, train, k):
         m.zero_grad(set_to_none=True)
@@ -114,7 +107,7 @@ def grad_snr(fp, method: str, bits: int, train, k: int) -> None:
 
 
 def linesearch(fp, method: str, bits: int, train, k: int) -> None:
-    m = dobi_start(fp, method, bits, train)
+    m, _ = dobi_start(fp, method, bits, train)
     batches = _batches(fp, train, k)
 
     def loss(backward: bool = False) -> float:

@@ -190,6 +190,25 @@ def _optimizer(model: torch.nn.Module, cfg: CalibConfig) -> torch.optim.Adam:
     return torch.optim.Adam(groups, betas=(0.9, 0.99))
 
 
+def search_bounds_(student: SwinIRLight, train: list[Pair], cfg: CalibConfig, device: torch.device) -> Tensor:
+    """DOBI: one no-grad forward of the seeded calibration batch, each quantizer searching its
+    bounds on what it receives; returns that batch (model input)."""
+    cal, _ = random_patches(train, np.random.default_rng([cfg.seed, 2 ** 31]), cfg.calib_batch, cfg.patch,
+                            student.cfg.scale)
+    x = _to_input(cal, device)
+    set_calibrating(student, True, n=cfg.search_candidates, max_elems=cfg.search_max_elems, seed=cfg.seed)
+    with torch.no_grad():
+        student(x)
+    set_calibrating(student, False)
+    return x
+
+
+def cosine_lr_(opt: torch.optim.Optimizer, it: int, iters: int) -> None:
+    """Set every group's rate for iteration ``it``: cosine decay from its ``base_lr`` to 1% of it."""
+    for g in opt.param_groups:
+        g["lr"] = g["base_lr"] * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters))))
+
+
 def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantConfig, cfg: CalibConfig,
               state_path: Path | None = None, resume: bool = False, progress: bool = True,
               device: str | torch.device = "cpu", minutes: float = 0.0) -> tuple[SwinIRLight, CalibReport]:
@@ -221,11 +240,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     resuming = resume and state_path is not None and state_path.exists()
     if not resuming:
         t0 = time.perf_counter()
-        cal, _ = random_patches(train, np.random.default_rng([cfg.seed, 2 ** 31]), cfg.calib_batch, cfg.patch, s)
-        set_calibrating(student, True, n=cfg.search_candidates, max_elems=cfg.search_max_elems, seed=cfg.seed)
-        with torch.no_grad():
-            student(_to_input(cal, device))
-        set_calibrating(student, False)
+        search_bounds_(student, train, cfg, device)
         report.dobi_seconds = time.perf_counter() - t0
         report.fp_val_psnr_db = _hr_psnr(vfp, vhr, s)
         report.start_val_psnr_db, report.start_fidelity_db = val_scores(student, vlr, vhr, vfp, s, device)
@@ -244,8 +259,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     for it in bar:
         lr_np, _ = random_patches(train, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, s)
         x = _to_input(lr_np, device)
-        for g in opt.param_groups:  # cosine decay to 1% of the initial rate
-            g["lr"] = g["base_lr"] * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * it / max(1, cfg.iters))))
+        cosine_lr_(opt, it, cfg.iters)
         with torch.no_grad():
             target = teacher(x)
         loss = F.l1_loss(student(x), target)

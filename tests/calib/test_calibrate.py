@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compsrt.calib.calibrate import _optimizer, calibrate
+from compsrt.calib.calibrate import _optimizer, calibrate, cosine_lr_
 from compsrt.calib.dobi import dobi
 from compsrt.calib.methods import METHODS, method_config
 from compsrt.config import CalibConfig, QuantConfig, SwinIRConfig
@@ -62,6 +62,10 @@ def fit_tiny_model() -> SwinIRLight:
 
 @pytest.fixture(scope="module")
 def batch() -> torch.Tensor:
+    return tiny_batch()
+
+
+def tiny_batch() -> torch.Tensor:
     pairs = smooth_images(2, 48, 7)
     return torch.stack([torch.from_numpy(p.lr).permute(2, 0, 1) for p in pairs]).float() / 255
 
@@ -104,20 +108,30 @@ def test_layer_count_and_split(fp_model):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains(fp_model, batch, method):
     """A few Adam steps on a fixed batch lower the distillation loss, whatever the method."""
-    m = quantized(fp_model, method_config(method, 3), batch)
-    opt = _optimizer(m, CalibConfig(lr=1e-2))
+    losses = distill_losses(fp_model, batch, method, CalibConfig(lr=1e-2), 25)
+    assert min(losses[-5:]) < losses[0]
+
+
+def distill_losses(fp: SwinIRLight, x: torch.Tensor, method: str, cfg: CalibConfig, steps: int,
+                   cosine: bool = False) -> list[float]:
+    """L1 distillation losses of ``steps`` Adam steps on one batch, from the 3-bit DOBI start
+    (a constant rate, or calibrate()'s cosine schedule); also used by benchmarks/calib_tiny_rates.py."""
+    m = quantized(fp, method_config(method, 3), x)
+    opt = _optimizer(m, cfg)
     with torch.no_grad():
-        target = fp_model(batch)
+        target = fp(x)
     losses = []
-    for _ in range(25):
-        loss = F.l1_loss(m(batch), target)
+    for it in range(steps):
+        if cosine:
+            cosine_lr_(opt, it, steps)
+        loss = F.l1_loss(m(x), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
         for q in quantizers(m):
             q.project_()
         losses.append(loss.item())
-    assert min(losses[-5:]) < losses[0]
+    return losses
 
 
 @pytest.mark.parametrize("unit", ["range", "step", "absolute"])
