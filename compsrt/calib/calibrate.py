@@ -91,12 +91,19 @@ def val_scores(model: torch.nn.Module, lr: np.ndarray, hr: np.ndarray, fp_out: T
 
 
 class _StageTaps:
-    """Forward hooks on the four stages' Swin-block outputs (tokens), for the feature loss."""
+    """Forward hooks on the four stages' Swin-block outputs (tokens), for the feature loss.
+
+    They record only while ``recording`` is set, i.e. during the training forward: the
+    validation and DOBI forwards run other batches through the same modules."""
 
     def __init__(self, model: SwinIRLight) -> None:
         self.feats: list[Tensor] = []
-        self.handles = [layer.residual_group.register_forward_hook(lambda m, i, o: self.feats.append(o))
-                        for layer in model.layers]
+        self.recording = False
+        self.handles = [layer.residual_group.register_forward_hook(self._hook) for layer in model.layers]
+
+    def _hook(self, module: torch.nn.Module, inputs: tuple, out: Tensor) -> None:
+        if self.recording:
+            self.feats.append(out)
 
     def pop(self) -> list[Tensor]:
         f, self.feats = self.feats, []
@@ -260,10 +267,14 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         lr_np, _ = random_patches(train, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, s)
         x = _to_input(lr_np, device)
         cosine_lr_(opt, it, cfg.iters)
+        for taps in (taps_s, taps_t):
+            if taps is not None:
+                taps.recording = True
         with torch.no_grad():
             target = teacher(x)
         loss = F.l1_loss(student(x), target)
         if taps_s is not None:
+            taps_s.recording = taps_t.recording = False
             loss = loss + cfg.feature_loss * feature_loss(taps_s.pop(), taps_t.pop())
         if not torch.isfinite(loss):
             report.stopped = f"non-finite loss at iteration {it}; kept the last finite state"

@@ -269,6 +269,18 @@ def test_calibrate_end_to_end_and_checkpoint_roundtrip(fp_model, tmp_path):
     assert rep2.iters_done == 9 and rep2.history[:2] == rep.history
 
 
+def test_feature_loss_trains_across_validation_checks(fp_model):
+    """The stage taps must hold only the training forward's features: validation forwards of a
+    different batch size in between once made the feature loss fail at the next iteration."""
+    pairs = smooth_images(4, 64, 6)
+    cfg = CalibConfig(iters=4, batch=2, patch=16, calib_batch=2, val_every=1, val_patches=3, feature_loss=1.0)
+    _, rep = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4), cfg, progress=False)
+    assert rep.iters_done == 4 and len(rep.history) == 4 and not rep.stopped
+    plain = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4), CalibConfig(**{**cfg.__dict__, "feature_loss": 0.0}),
+                      progress=False)[1]
+    assert rep.history[0]["loss"] > plain.history[0]["loss"]  # the feature term is really added
+
+
 def test_nonfinite_training_stops_with_last_good_state(fp_model, monkeypatch):
     pairs = smooth_images(4, 64, 5)
     import compsrt.calib.calibrate as cal
