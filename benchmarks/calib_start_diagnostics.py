@@ -1,11 +1,13 @@
-"""Why CompSRT's finetuning gains little at 2 bits: three looks at the DOBI starting point.
+"""Why CompSRT's finetuning gains little at 2 bits: five looks at the DOBI start and what follows.
 
     python benchmarks/calib_start_diagnostics.py dobi-error --bits 2 --methods 2dquant compsrt
     python benchmarks/calib_start_diagnostics.py linesearch --bits 2 --methods 2dquant compsrt
     python benchmarks/calib_start_diagnostics.py grad-snr --bits 2 --batches 8
+    python benchmarks/calib_start_diagnostics.py attribution --bits 2
+    python benchmarks/calib_start_diagnostics.py train-group --bits 2 --iters 50
 
-All three rebuild the quick default's DOBI start exactly (shipped x2 weights, bundled crops, the same
-seeded calibration batch) without finetuning.
+All rebuild the quick default's DOBI start exactly (shipped x2 weights, bundled crops, the same
+seeded calibration batch); attribution and train-group run the quick default's calibrate() itself.
 
 dobi-error: per quantizer site, the quantization error energy right after DOBI (dB of the summed
 squared error in the quantizer's own domain; the rotation is orthonormal, so rotated and
@@ -17,28 +19,51 @@ quantizer's step. How far that loss can fall says how much room range tuning has
 
 grad-snr: each scalar's gradient on K finetuning batches of 2; |mean| / std over the batches,
 averaged per kind of scalar. Well above 1 means the gradient direction is consistent, not noise.
+
+attribution: the held-out fidelity right after DOBI with one group of quantizers raised to 8
+bits (the rest at --bits): how much of the error each group causes, per method.
+
+train-group: --iters of the quick default's finetuning with only one group's quantizer scalars
+trainable (the rest frozen at DOBI), printing the held-out fidelity (a mean squared error) and the
+held-out L1 (the training objective) at each check: which groups' tuning helps and which hurts.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import copy
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import compsrt.calib.calibrate as cal
 from compsrt.calib.__main__ import bundled_calib_images
-from compsrt.calib.calibrate import search_bounds_
+from compsrt.calib.calibrate import calibrate, search_bounds_
 from compsrt.calib.methods import method_config
 from compsrt.config import CalibConfig
 from compsrt.data import load_training_pairs, random_patches
 from compsrt.model.compress import compress_
 from compsrt.model.load import load_model
-from compsrt.model.qmodules import Quantizer, quantizers
+from compsrt.model.qmodules import ActQuantizer, Quantizer, WeightQuantizer, quantizers
 
 PARAMS = ("lower", "upper", "step_extra", "zero_extra")
+VAL_IMAGES = 3  # the CLI's --val-images default: pairs[:3] are held out for keep-best
+
+# Groups of quantizers by module name (QuantAttend's quantizers live under "...attn.quant.").
+GROUPS: dict[str, Callable[[str, Quantizer], bool]] = {
+    "weights": lambda name, q: isinstance(q, WeightQuantizer),
+    "linear inputs": lambda name, q: isinstance(q, ActQuantizer) and ".quant." not in name,
+    "attention (q, k, attn, v)": lambda name, q: ".quant." in name,
+    "q and k": lambda name, q: name.endswith((".quant.q", ".quant.k")),
+    "attn and v": lambda name, q: name.endswith((".quant.a", ".quant.v")),
+    "softmax output (attn)": lambda name, q: name.endswith(".quant.a"),
+    "proj input": lambda name, q: name.endswith("proj.aq.0"),
+    "fc2 input (post-GELU)": lambda name, q: name.endswith("fc2.aq.0"),
+}
 
 
 def _site(name: str) -> str:
@@ -136,22 +161,85 @@ def linesearch(fp, method: str, bits: int, train, k: int) -> None:
         print(f"  sign step of {eta:g} x step: loss {l:.6f} ({(l - l0) / l0 * 100:+.2f}%)")
 
 
+@contextlib.contextmanager
+def _edited_students(edit: Callable[[torch.nn.Module], None]):
+    """Within the block, calibrate() applies ``edit`` to its student right after compressing it
+    (a diagnostic's hook; calibrate itself has no such option)."""
+    original = cal.compress_
+
+    def compress_and_edit(model, quant):
+        model = original(model, quant)
+        edit(model)
+        return model
+
+    cal.compress_ = compress_and_edit
+    try:
+        yield
+    finally:
+        cal.compress_ = original
+
+
+def _quick_calibrate(fp, pairs, method: str, bits: int, iters: int, edit) -> cal.CalibReport:
+    cfg = CalibConfig(iters=iters)
+    with _edited_students(edit):
+        _, rep = calibrate(fp, pairs[VAL_IMAGES:], pairs[:VAL_IMAGES], method_config(method, bits), cfg,
+                           progress=False)
+    return rep
+
+
+def _group(model: torch.nn.Module, group: str | None):
+    return [(n, q) for n, q in model.named_modules()
+            if isinstance(q, Quantizer) and (group is None or GROUPS[group](n, q))]
+
+
+def attribution(fp, method: str, bits: int, pairs) -> None:
+    print(f"{method} w{bits}: held-out fidelity right after DOBI (dB)")
+    for group in (None, *GROUPS):
+        def raise_to_8(model, group=group):
+            for _, q in _group(model, group) if group else []:
+                q.bits = 8
+        rep = _quick_calibrate(fp, pairs, method, bits, 0, raise_to_8)
+        print(f"  {group or 'nothing'} at 8 bits: {rep.start_fidelity_db:.2f}")
+
+
+def train_group(fp, method: str, bits: int, pairs, iters: int) -> None:
+    print(f"{method} w{bits}: {iters} iterations, held-out fidelity (dB) and L1 from DOBI to each check")
+    for group in (None, *list(GROUPS)[:3]):
+        def freeze_others(model, group=group):
+            keep = {id(q) for _, q in _group(model, group)}
+            for q in quantizers(model):
+                if id(q) not in keep:
+                    q.requires_grad_(False)
+        rep = _quick_calibrate(fp, pairs, method, bits, iters, freeze_others)
+        fid = [f"{rep.start_fidelity_db:.2f}"] + [f"{h['val_fidelity_db']:.2f}" for h in rep.history]
+        l1 = [f"{rep.start_val_l1:.6f}"] + [f"{h['val_l1']:.6f}" for h in rep.history]
+        print(f"  training {group or 'every group'}: fidelity {' -> '.join(fid)}; L1 {' -> '.join(l1)}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr"))
+    p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr", "attribution", "train-group"))
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=["2dquant", "compsrt"])
     p.add_argument("--batches", type=int, default=4, help="linesearch, grad-snr: fixed finetuning batches")
+    p.add_argument("--iters", type=int, default=50, help="train-group: finetuning iterations")
     a = p.parse_args()
+    if a.what in ("attribution", "train-group"):
+        torch.set_num_threads(1)  # as their figures in docs/calib/experiments.md were measured
     fp = load_model(None, 2).eval()
-    train = load_training_pairs([bundled_calib_images()], 2, progress=False)[3:]  # calib's held-out split
+    pairs = load_training_pairs([bundled_calib_images()], 2, progress=False)
+    train = pairs[VAL_IMAGES:]
     for method in a.methods:
         if a.what == "dobi-error":
             dobi_error(fp, method, a.bits, train)
         elif a.what == "linesearch":
             linesearch(fp, method, a.bits, train, a.batches)
-        else:
+        elif a.what == "grad-snr":
             grad_snr(fp, method, a.bits, train, a.batches)
+        elif a.what == "attribution":
+            attribution(fp, method, a.bits, pairs)
+        else:
+            train_group(fp, method, a.bits, pairs, a.iters)
 
 
 if __name__ == "__main__":

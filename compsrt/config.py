@@ -92,6 +92,7 @@ class QuantConfig:
 
 
 LR_UNITS = ("range", "step", "absolute")
+LOSSES = ("l1", "l2")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class CalibConfig:
     lr: float = 1e-2
     lr_unit: str = "range"      # per quantizer, lr x its DOBI "range" (u - l) or "step"; "absolute": one lr
     clip: float = 1.0           # gradient value clipping, as the official code
+    loss: str = "l1"            # output distillation: "l1" (the paper's) or "l2" (mean squared, what PSNR measures)
     feature_loss: float = 0.0   # weight of the normalized feature loss on the 4 stage outputs
     val_every: int = 25
     val_patches: int = 4
@@ -120,6 +122,8 @@ class CalibConfig:
     def __post_init__(self) -> None:
         if self.lr_unit not in LR_UNITS:
             raise ValueError(f"lr_unit must be one of {LR_UNITS}, got {self.lr_unit!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("batch", "patch", "calib_batch", "val_every", "val_patches", "search_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import LR_UNITS, CalibConfig
+from ..config import LOSSES, LR_UNITS, CalibConfig
 from ..data import load_training_pairs
 from ..device import parse_device
 from ..errors import CompsrtError
@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-unit", choices=LR_UNITS, default=d.lr_unit,
                    help="what --lr is relative to, per quantizer: its DOBI range (default), its DOBI step "
                         "(try --lr 0.15 at 2 bits), or nothing (one absolute rate, as the official code)")
+    p.add_argument("--loss", choices=LOSSES, default=d.loss,
+                   help="output distillation loss: l1 (default, the paper's) or l2 (mean squared: what PSNR "
+                        "measures; finetunes both methods further at 2 bits, docs/calib/experiments.md)")
     p.add_argument("--feature-loss", type=float, default=d.feature_loss, help="weight of the stage feature loss")
     p.add_argument("--prune", type=float, default=0.0, help="fraction pruned per quantized weight (e.g. 0.4)")
     p.add_argument("--prune-mode", choices=("unstructured", "channel"), default="unstructured")
@@ -77,7 +80,8 @@ def _calib_config(a: argparse.Namespace) -> CalibConfig:
     base = CalibConfig.full() if on_gpu else CalibConfig()
     # Options left out take the base's value: the GPU's base is the paper's setting, not the quick one.
     given = {k: getattr(a, k) for k in ("iters", "batch", "calib_batch", "val_every") if getattr(a, k) is not None}
-    return CalibConfig(**{**asdict(base), **given, "lr": a.lr, "lr_unit": a.lr_unit, "feature_loss": a.feature_loss, "seed": a.seed})
+    return CalibConfig(**{**asdict(base), **given, "lr": a.lr, "lr_unit": a.lr_unit, "loss": a.loss,
+                          "feature_loss": a.feature_loss, "seed": a.seed})
 
 
 def write_report(out: Path, report: dict) -> None:

@@ -152,6 +152,20 @@ def test_lr_units_scale_each_quantizers_rates(fp_model, batch, unit):
 def test_lr_unit_is_validated():
     with pytest.raises(ValueError, match="lr_unit"):
         CalibConfig(lr_unit="bits")
+    with pytest.raises(ValueError, match="loss"):
+        CalibConfig(loss="huber")
+
+
+def test_l2_loss_is_the_mean_squared_error(fp_model):
+    """--loss l2 trains on the squared error: on the same first batch its loss is far below the
+    L1 loss (errors are << 1), and its held-out L1 (always reported) still falls."""
+    pairs = smooth_images(4, 64, 8)
+    cfg = CalibConfig(iters=6, batch=2, patch=16, calib_batch=2, val_every=1, val_patches=2)
+    runs = {loss: calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3),
+                            CalibConfig(**{**cfg.__dict__, "loss": loss}), progress=False)[1]
+            for loss in ("l1", "l2")}
+    assert runs["l2"].history[0]["loss"] < 0.2 * runs["l1"].history[0]["loss"]
+    assert runs["l2"].history[-1]["val_l1"] < runs["l2"].start_val_l1
 
 
 def test_every_quantizer_parameter_gets_gradient(fp_model, batch):
@@ -276,8 +290,8 @@ def test_feature_loss_trains_across_validation_checks(fp_model):
     cfg = CalibConfig(iters=4, batch=2, patch=16, calib_batch=2, val_every=1, val_patches=3, feature_loss=1.0)
     _, rep = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4), cfg, progress=False)
     assert rep.iters_done == 4 and len(rep.history) == 4 and not rep.stopped
-    plain = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4), CalibConfig(**{**cfg.__dict__, "feature_loss": 0.0}),
-                      progress=False)[1]
+    plain = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4),
+                      CalibConfig(**{**cfg.__dict__, "feature_loss": 0.0}), progress=False)[1]
     assert rep.history[0]["loss"] > plain.history[0]["loss"]  # the feature term is really added
 
 

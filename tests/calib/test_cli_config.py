@@ -24,6 +24,11 @@ def test_given_options_win_on_either_device():
         assert (c.iters, c.batch, c.calib_batch, c.val_every) == (7, 3, 5, 9)
 
 
+def test_loss_option():
+    assert _cfg("--loss", "l2").loss == "l2"
+    assert _cfg().loss == CalibConfig().loss == "l1"
+
+
 def test_lr_unit_option():
     assert _cfg("--lr-unit", "step", "--lr", "0.15").lr_unit == "step"
     assert _cfg().lr_unit == CalibConfig().lr_unit == "range"
