@@ -5,9 +5,10 @@
    its bounds on the tensor it receives and quantizes from then on, so later quantizers see
    the error of earlier ones (the official code searches on FP activations instead).
 3. DQC: the quantizer scalars (l, u, s2, z2, as the method allows) are trained to make the
-   quantized model's output match the FP model's (L1, or L2 on request; optionally a normalized
-   feature loss on the four stage outputs), with Adam, gradient value clipping, a cosine-decayed learning
-   rate, and a projection after every step that keeps each step size positive.
+   quantized model's output match the FP model's (L1, or L2 on request; optionally a
+   normalized feature loss on the four stage outputs), with Adam, gradient value clipping, a
+   cosine-decayed learning rate, and a projection after every step that keeps each step size
+   positive.
 
 Robustness: a non-finite loss or parameter stops training with the last finite state kept
 and the reason reported. Keep-best uses held-out *training* patches: the state whose output is
