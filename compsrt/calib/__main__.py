@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="what --lr is relative to, per quantizer: its DOBI range (default), its DOBI step "
                         "(try --lr 0.15 at 2 bits), or nothing (one absolute rate, as the official code)")
     p.add_argument("--loss", choices=LOSSES, default=d.loss,
-                   help="output distillation loss: l1 (default, the paper's) or l2 (mean squared: what PSNR "
-                        "measures; finetunes both methods further at 2 bits, docs/calib/experiments.md)")
+                   help="output distillation loss: l1 (default, the paper's) or l2 (mean squared, what PSNR "
+                        "measures; measured at 2 bits in docs/calib/experiments.md)")
     p.add_argument("--feature-loss", type=float, default=d.feature_loss, help="weight of the stage feature loss")
     p.add_argument("--prune", type=float, default=0.0, help="fraction pruned per quantized weight (e.g. 0.4)")
     p.add_argument("--prune-mode", choices=("unstructured", "channel"), default="unstructured")
