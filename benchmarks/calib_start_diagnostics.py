@@ -5,6 +5,7 @@
     python benchmarks/calib_start_diagnostics.py grad-snr --bits 2 --batches 8
     python benchmarks/calib_start_diagnostics.py attribution --bits 2
     python benchmarks/calib_start_diagnostics.py train-group --bits 2 --iters 50
+    python benchmarks/calib_start_diagnostics.py rescore C1/model.safetensors C2/model.safetensors --patches 48
 
 All rebuild the quick default's DOBI start exactly (shipped x2 weights, bundled crops, the same
 seeded calibration batch); attribution and train-group run the quick default's calibrate() itself.
@@ -26,6 +27,9 @@ bits (the rest at --bits): how much of the error each group causes, per method.
 train-group: --iters of the quick default's finetuning with only one group's quantizer scalars
 trainable (the rest frozen at DOBI), printing the held-out fidelity (a mean squared error) and the
 held-out L1 (the training objective) at each check: which groups' tuning helps and which hurts.
+
+rescore: finished x2 checkpoints scored on --patches held-out patches (the keep-best sample is 4):
+PSNR against HR, fidelity to the FP output, L1 to the FP output.
 """
 from __future__ import annotations
 
@@ -42,11 +46,11 @@ import torch.nn.functional as F
 
 import compsrt.calib.calibrate as cal
 from compsrt.calib.__main__ import bundled_calib_images
-from compsrt.calib.calibrate import calibrate, search_bounds_
+from compsrt.calib.calibrate import calibrate, search_bounds_, val_patches, val_scores
 from compsrt.calib.methods import method_config
 from compsrt.config import CalibConfig
 from compsrt.data import load_training_pairs, random_patches
-from compsrt.model.compress import compress_
+from compsrt.model.compress import compress_, load_calibrated
 from compsrt.model.load import load_model
 from compsrt.model.qmodules import ActQuantizer, Quantizer, WeightQuantizer, quantizers
 
@@ -216,19 +220,33 @@ def train_group(fp, method: str, bits: int, pairs, iters: int) -> None:
         print(f"  training {group or 'every group'}: fidelity {' -> '.join(fid)}; L1 {' -> '.join(l1)}")
 
 
+def rescore(fp, pairs, paths: list[str], n: int) -> None:
+    lr, hr = val_patches(pairs[:VAL_IMAGES], n, 64, 2, 0)
+    x = torch.from_numpy(lr).float() / 255
+    with torch.no_grad():
+        fp_out = fp(x).clamp(0, 1)
+    for path in paths:
+        hr_psnr, fid, l1 = val_scores(load_calibrated(path, 2).eval(), lr, hr, fp_out, 2, torch.device("cpu"))
+        print(f"{path}: {n} held-out patches, PSNR vs HR {hr_psnr:.3f}, fidelity {fid:.3f}, L1 {l1:.6f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr", "attribution", "train-group"))
+    p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr", "attribution", "train-group", "rescore"))
+    p.add_argument("checkpoints", nargs="*", help="rescore: calibrated x2 checkpoints")
+    p.add_argument("--patches", type=int, default=48, help="rescore: held-out patches")
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=["2dquant", "compsrt"])
     p.add_argument("--batches", type=int, default=4, help="linesearch, grad-snr: fixed finetuning batches")
     p.add_argument("--iters", type=int, default=50, help="train-group: finetuning iterations")
     a = p.parse_args()
-    if a.what in ("attribution", "train-group"):
+    if a.what in ("attribution", "train-group", "rescore"):
         torch.set_num_threads(1)  # as their figures in docs/calib/experiments.md were measured
     fp = load_model(None, 2).eval()
     pairs = load_training_pairs([bundled_calib_images()], 2, progress=False)
     train = pairs[VAL_IMAGES:]
+    if a.what == "rescore":
+        return rescore(fp, pairs, a.checkpoints, a.patches)
     for method in a.methods:
         if a.what == "dobi-error":
             dobi_error(fp, method, a.bits, train)
