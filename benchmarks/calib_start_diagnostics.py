@@ -68,6 +68,7 @@ GROUPS: dict[str, Callable[[str, Quantizer], bool]] = {
     "proj input": lambda name, q: name.endswith("proj.aq.0"),
     "fc2 input (post-GELU)": lambda name, q: name.endswith("fc2.aq.0"),
 }
+TRAIN_GROUPS = ("weights", "linear inputs", "attention (q, k, attn, v)")  # train-group's partition
 
 
 def _site(name: str) -> str:
@@ -200,15 +201,16 @@ def attribution(fp, method: str, bits: int, pairs) -> None:
     print(f"{method} w{bits}: held-out fidelity right after DOBI (dB)")
     for group in (None, *GROUPS):
         def raise_to_8(model, group=group):
-            for _, q in _group(model, group) if group else []:
-                q.bits = 8
+            if group is not None:
+                for _, q in _group(model, group):
+                    q.bits = 8
         rep = _quick_calibrate(fp, pairs, method, bits, 0, raise_to_8)
         print(f"  {group or 'nothing'} at 8 bits: {rep.start_fidelity_db:.2f}")
 
 
 def train_group(fp, method: str, bits: int, pairs, iters: int) -> None:
     print(f"{method} w{bits}: {iters} iterations, held-out fidelity (dB) and L1 from DOBI to each check")
-    for group in (None, *list(GROUPS)[:3]):
+    for group in (None, *TRAIN_GROUPS):
         def freeze_others(model, group=group):
             keep = {id(q) for _, q in _group(model, group)}
             for q in quantizers(model):

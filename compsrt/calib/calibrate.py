@@ -272,9 +272,8 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         lr_np, _ = random_patches(train, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, s)
         x = _to_input(lr_np, device)
         cosine_lr_(opt, it, cfg.iters)
-        for taps in (taps_s, taps_t):
-            if taps is not None:
-                taps.recording = True
+        if taps_s is not None:
+            taps_s.recording = taps_t.recording = True
         with torch.no_grad():
             target = teacher(x)
         loss = (F.l1_loss if cfg.loss == "l1" else F.mse_loss)(student(x), target)
