@@ -6,7 +6,8 @@
 # Phase 1, side by side on the one GPU: warm restarts of the x3 and x4 FP weights (issue 3),
 # W4 calibration of the shipped x2 weights with CompSRT and with 2DQuant (issue 5), and the kernel
 # tests on CUDA. Each job has a wall-clock budget (--minutes) so the phase ends in time.
-# Phase 2, the GPU to itself: the kernel benchmarks (benchmarks/gpu_check.sh).
+# Phase 2, the GPU to itself: the kernel benchmarks (benchmarks/gpu_check.sh) and the finetuning
+# step at batch 16 with and without block recompute (benchmarks/calib_step_memory.py).
 # Everything comes back in $OUT: lease.tgz (weights, logs, reports) and the benchmark JSON.
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -41,5 +42,8 @@ for l in "$W"/x*/log.jsonl; do echo "== $l"; cat "$l"; done
 tar czf "$OUT/lease.tgz" -C "$W" --exclude='*state.safetensors' .   # again below, with the benchmarks
 
 SKIP_TESTS=1 OUT="$OUT" timeout 240 bash benchmarks/gpu_check.sh 2>&1 | tee "$W/logs/gpu_check.log"
+# The finetuning step at the paper's batch, block recompute off and on (issue 5: < 16 GB, 4000 its < 10 min).
+timeout 120 $PY benchmarks/calib_step_memory.py --device cuda --batch 16 --steps 10 --rounds 1 2>&1 \
+    | grep -v Warn | tee "$W/logs/calib_step_memory.log"
 tar czf "$OUT/lease.tgz" -C "$W" --exclude='*state.safetensors' .
 ls -la "$OUT"

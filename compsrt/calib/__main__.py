@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", type=float, default=0.0, help="fraction pruned per quantized weight (e.g. 0.4)")
     p.add_argument("--prune-mode", choices=("unstructured", "channel"), default="unstructured")
     p.add_argument("--val-every", type=int, help=f"keep-best check every K iterations (default {d.val_every}; 200 on a GPU)")
+    p.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute each Swin block in backward instead of keeping its temporaries "
+                        "(default on: a third of the memory and, on the CPU, no slower; batch 16 needs it "
+                        "within 24 GB; benchmarks/calib_step_memory.py)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--eval-data", type=Path, help="benchmark folder to evaluate on after calibration "
@@ -79,7 +83,8 @@ def _calib_config(a: argparse.Namespace) -> CalibConfig:
     on_gpu = str(a.device).startswith("cuda")
     base = CalibConfig.full() if on_gpu else CalibConfig()
     # Options left out take the base's value: the GPU's base is the paper's setting, not the quick one.
-    given = {k: getattr(a, k) for k in ("iters", "batch", "calib_batch", "val_every") if getattr(a, k) is not None}
+    given = {k: getattr(a, k) for k in ("iters", "batch", "calib_batch", "val_every", "recompute")
+             if getattr(a, k) is not None}
     return CalibConfig(**{**asdict(base), **given, "lr": a.lr, "lr_unit": a.lr_unit, "loss": a.loss,
                           "feature_loss": a.feature_loss, "seed": a.seed})
 

@@ -241,7 +241,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     device = torch.device(device)
     s = fp.cfg.scale
     teacher = copy.deepcopy(fp).to(device).eval()
-    student = compress_(copy.deepcopy(fp), quant).to(device).eval()
+    student = compress_(copy.deepcopy(fp), quant).to(device).eval().recompute_blocks(cfg.recompute)
     report = CalibReport(quant=asdict(quant), calib=asdict(cfg))
     vlr, vhr = val_patches(val, cfg.val_patches, cfg.patch, s, cfg.seed)
     with torch.no_grad():

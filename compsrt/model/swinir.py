@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import SwinIRConfig
 
@@ -140,10 +141,14 @@ class BasicLayer(nn.Module):
     def __init__(self, cfg: SwinIRConfig, depth: int, heads: int) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(SwinBlock(cfg, heads, shifted=i % 2 == 1) for i in range(depth))
+        self.recompute = False  # see SwinIRLight.recompute_blocks
 
     def forward(self, x: Tensor, hw: tuple[int, int], mask: Tensor) -> Tensor:
         for blk in self.blocks:
-            x = blk(x, hw, mask)
+            if self.recompute and torch.is_grad_enabled():
+                x = checkpoint(blk, x, hw, mask, use_reentrant=False)
+            else:
+                x = blk(x, hw, mask)
         return x
 
 
@@ -197,6 +202,20 @@ class SwinIRLight(nn.Module):
             nn.Conv2d(dim, cfg.scale ** 2 * cfg.in_chans, 3, 1, 1), nn.PixelShuffle(cfg.scale)
         )
         self._masks: dict[tuple[int, int, torch.device], Tensor] = {}
+
+    def recompute_blocks(self, on: bool = True) -> "SwinIRLight":
+        """Keep only each Swin block's input for backward and recompute the block there.
+
+        Training through the 24 blocks keeps every attention map and MLP hidden state alive
+        until backward: a batch of 16 64x64 patches needs over 24 GB when the quantizers are
+        trained. Recomputing costs one more forward of each block (deterministic, so the
+        gradients are the same) and keeps one block's temporaries at a time; on the CPU the
+        smaller working set more than pays for it (benchmarks/calib_step_memory.py). No effect
+        without autograd (inference, DOBI).
+        """
+        for layer in self.layers:
+            layer.residual_group.recompute = on
+        return self
 
     def shift_mask_for(self, h: int, w: int, device: torch.device) -> Tensor:
         """The shift mask for a padded (h, w), computed once per size and device, then reused."""

@@ -182,6 +182,35 @@ def test_every_quantizer_parameter_gets_gradient(fp_model, batch):
     assert not dead, f"{len(dead)} quantizer parameters got no gradient"
 
 
+def test_block_recompute_gives_the_same_gradients(fp_model, batch):
+    """Recomputing each Swin block in backward must change memory only, not the gradients."""
+    grads, calls = [], []
+    for on in (False, True):
+        m = quantized(fp_model, QuantConfig(bits=3), batch).recompute_blocks(on)
+        blocks = list(m.layers[0].residual_group.blocks)
+        count = [0]
+        for b in blocks:
+            b.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        F.l1_loss(m(batch), fp_model(batch).detach()).backward()
+        grads.append(torch.stack([p.grad for p in quant_parameters(m)]))
+        calls.append(count[0])
+    assert calls == [len(blocks), 2 * len(blocks)]  # really recomputed in backward
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-8)
+
+
+def test_calibrate_applies_the_recompute_setting(fp_model, monkeypatch):
+    seen = []
+    orig = SwinIRLight.recompute_blocks
+    monkeypatch.setattr(SwinIRLight, "recompute_blocks", lambda self, on=True: seen.append(on) or orig(self, on))
+    pairs = smooth_images(3, 64, 5)
+    for on in (True, False):
+        cfg = CalibConfig(iters=1, batch=1, patch=16, calib_batch=1, val_patches=1, recompute=on)
+        calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4), cfg, progress=False)
+    assert seen == [True, False]
+    assert CalibConfig().recompute and CalibConfig.full().recompute
+
+
 def test_tuning_only_freezes_bounds(fp_model):
     m = compress_(copy.deepcopy(fp_model), method_config("tuning-only", 4))
     assert all(not q.lower.requires_grad and not q.upper.requires_grad for q in quantizers(m))

@@ -1,0 +1,97 @@
+"""Seconds and peak memory of one finetuning step, with and without block recompute.
+
+    python benchmarks/calib_step_memory.py [--batch 4] [--steps 3] [--rounds 2] [--method compsrt]
+    python benchmarks/calib_step_memory.py --batch 16 --only on
+
+Each measurement runs in its own process (peak resident memory is per process): the shipped
+x2 weights compressed at 2 bits, bounds searched on the batch, then ``--steps`` timed steps
+of calibrate()'s training step (teacher forward, student forward + backward, Adam, projection)
+on random 64x64 LR patches; the first step includes warm-up, the median skips most of it. The modes alternate (off, on, off, on, ...) so that machine noise
+hits both; the ratio of the medians is the figure to quote.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = "cpu") -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from compsrt.calib.calibrate import _optimizer
+    from compsrt.calib.methods import method_config
+    from compsrt.config import CalibConfig
+    from compsrt.model.compress import compress_, quant_parameters, set_calibrating
+    from compsrt.model.load import load_model
+    from compsrt.model.qmodules import quantizers
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    fp = load_model(None, 2).eval().to(dev)
+    student = compress_(load_model(None, 2), method_config(method, 2)).eval().recompute_blocks(recompute).to(dev)
+    x = torch.rand(batch, 3, 64, 64, device=dev)
+    set_calibrating(student, True, n=100, max_elems=1 << 16, seed=0)
+    with torch.no_grad():
+        student(x)
+    set_calibrating(student, False)
+    opt, params = _optimizer(student, CalibConfig()), quant_parameters(student)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            target = fp(x)
+        loss = F.l1_loss(student(x), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(params, 1.0)
+        opt.step()
+        for q in quantizers(student):
+            q.project_()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        peak_gb = torch.cuda.max_memory_allocated() / 2 ** 30
+    else:
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
+    return {"recompute": recompute, "s_per_step": statistics.median(times), "peak_gb": peak_gb}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--method", default="compsrt")
+    p.add_argument("--device", default="cpu", help="cpu (peak: resident memory) or cuda (peak: allocated)")
+    p.add_argument("--only", choices=("on", "off"),
+                   help="measure one mode in this process (batch 16 without recompute needs over 24 GB)")
+    a = p.parse_args()
+    if a.only:
+        print(json.dumps(one_run(a.batch, a.steps, a.method, a.only == "on", a.device)))
+        return
+    rows = []
+    for _ in range(a.rounds):
+        for mode in ("off", "on"):
+            out = subprocess.run([sys.executable, __file__, "--batch", str(a.batch), "--steps", str(a.steps),
+                                  "--method", a.method, "--device", a.device, "--only", mode], capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"recompute {mode}: failed (exit {out.returncode}; killed for memory?)")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(r)
+            print(f"recompute {mode:3s}: {r['s_per_step']:.2f} s/step, peak {r['peak_gb']:.2f} GB", flush=True)
+    med = {m: statistics.median([r["s_per_step"] for r in rows if r["recompute"] == m]) for m in (False, True)
+           if any(r["recompute"] == m for r in rows)}
+    if len(med) == 2:
+        print(f"batch {a.batch}, {a.method}: recompute costs x{med[True] / med[False]:.2f} time per step")
+
+
+if __name__ == "__main__":
+    main()
