@@ -1,4 +1,4 @@
-"""Why CompSRT's finetuning gains little at 2 bits: five looks at the DOBI start and what follows.
+"""Why CompSRT's finetuning gains little at 2 bits: looks at the DOBI start and what follows.
 
     python benchmarks/calib_start_diagnostics.py dobi-error --bits 2 --methods 2dquant compsrt
     python benchmarks/calib_start_diagnostics.py linesearch --bits 2 --methods 2dquant compsrt
@@ -6,6 +6,7 @@
     python benchmarks/calib_start_diagnostics.py attribution --bits 2
     python benchmarks/calib_start_diagnostics.py train-group --bits 2 --iters 50
     python benchmarks/calib_start_diagnostics.py rescore C1/model.safetensors C2/model.safetensors --patches 48
+    python benchmarks/calib_start_diagnostics.py weight-shape [--compare compsrt/weights/mambairv2_light_x2.safetensors]
 
 All rebuild the quick default's DOBI start exactly (shipped x2 weights, bundled crops, the same
 seeded calibration batch); attribution and train-group run the quick default's calibrate() itself.
@@ -30,6 +31,12 @@ held-out L1 (the training objective) at each check: which groups' tuning helps a
 
 rescore: finished x2 checkpoints scored on --patches held-out patches (the keep-best sample is 4):
 PSNR against HR, fidelity to the FP output, L1 to the FP output.
+
+weight-shape: per quantized weight of the shipped x2 model (q, k, v, proj, fc1, fc2 of every
+block), the kurtosis of its entries unrotated and rotated (the AC coefficients CompSRT quantizes)
+and the ratio of their per-tensor DOBI errors at --bits. The Hadamard rotation makes any tensor's
+entries near-Gaussian (kurtosis 3): it helps heavy-tailed tensors (above 3) and hurts flat ones
+(a uniform distribution has 1.8). --compare prints the kurtosis of other checkpoints' 2-D weights.
 """
 from __future__ import annotations
 
@@ -47,9 +54,11 @@ import torch.nn.functional as F
 import compsrt.calib.calibrate as cal
 from compsrt.calib.__main__ import bundled_calib_images
 from compsrt.calib.calibrate import calibrate, search_bounds_, val_patches, val_scores
+from compsrt.calib.dobi import dobi
 from compsrt.calib.methods import method_config
 from compsrt.config import CalibConfig
 from compsrt.data import load_training_pairs, random_patches
+from compsrt.kernels import hadamard
 from compsrt.model.compress import compress_, load_calibrated
 from compsrt.model.load import load_model
 from compsrt.model.qmodules import ActQuantizer, Quantizer, WeightQuantizer, quantizers
@@ -232,11 +241,50 @@ def rescore(fp, pairs, paths: list[str], n: int) -> None:
         print(f"{path}: {n} held-out patches, PSNR vs HR {hr_psnr:.3f}, fidelity {fid:.3f}, L1 {l1:.6f}")
 
 
+def _kurtosis(t: torch.Tensor) -> float:
+    t = t.flatten().double()
+    t = t - t.mean()
+    return float((t ** 4).mean() / (t ** 2).mean() ** 2)
+
+
+def _dobi_error(t: torch.Tensor, bits: int) -> float:
+    lo, hi = dobi(t, bits)
+    s = (hi - lo) / (2 ** bits - 1)
+    q = ((t.clamp(lo, hi) - lo) / s).round().clamp(0, 2 ** bits - 1) * s + lo
+    return float(((q - t) ** 2).sum())
+
+
+def weight_shape(fp, bits: int, compare: list[str]) -> None:
+    rows = []
+    for name, mod in fp.named_modules():
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        w = mod.weight.detach()
+        parts = w.chunk(3) if name.endswith("qkv") else (w,)
+        for w in parts:
+            n = 1 << (w.shape[1] - 1).bit_length()
+            ac = hadamard(F.pad(w, (0, n - w.shape[1])), -1)[:, 1:]
+            rows.append((_kurtosis(w), _kurtosis(ac), _dobi_error(ac, bits) / _dobi_error(w, bits)))
+    k0, k1, ratio = (np.array(c) for c in zip(*rows))
+    print(f"shipped x2, {len(rows)} quantized weights: kurtosis unrotated median {np.median(k0):.2f} "
+          f"(min {k0.min():.2f}, max {k0.max():.2f}), rotated AC median {np.median(k1):.2f}; "
+          f"rotated / unrotated {bits}-bit DOBI error: median {np.median(ratio):.2f} "
+          f"(min {ratio.min():.2f}, max {ratio.max():.2f}; {int((ratio > 1).sum())} of {len(rows)} above 1)")
+    from safetensors.torch import load_file
+
+    for path in compare:
+        ks = np.array([_kurtosis(v) for v in load_file(path).values() if v.ndim == 2 and min(v.shape) >= 32])
+        print(f"{path}: {len(ks)} 2-D weights, kurtosis median {np.median(ks):.2f} "
+              f"(min {ks.min():.2f}, max {ks.max():.2f})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr", "attribution", "train-group", "rescore"))
+    p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr", "attribution", "train-group", "rescore",
+                                    "weight-shape"))
     p.add_argument("checkpoints", nargs="*", help="rescore: calibrated x2 checkpoints")
     p.add_argument("--patches", type=int, default=48, help="rescore: held-out patches")
+    p.add_argument("--compare", nargs="*", default=[], help="weight-shape: other safetensors checkpoints")
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=["2dquant", "compsrt"])
     p.add_argument("--batches", type=int, default=4, help="linesearch, grad-snr: fixed finetuning batches")
@@ -245,6 +293,8 @@ def main() -> None:
     if a.what in ("attribution", "train-group", "rescore"):
         torch.set_num_threads(1)  # as their figures in docs/calib/experiments.md were measured
     fp = load_model(None, 2).eval()
+    if a.what == "weight-shape":
+        return weight_shape(fp, a.bits, a.compare)
     pairs = load_training_pairs([bundled_calib_images()], 2, progress=False)
     train = pairs[VAL_IMAGES:]
     if a.what == "rescore":
