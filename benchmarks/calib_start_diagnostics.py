@@ -7,6 +7,7 @@
     python benchmarks/calib_start_diagnostics.py train-group --bits 2 --iters 50
     python benchmarks/calib_start_diagnostics.py rescore C1/model.safetensors C2/model.safetensors --patches 48
     python benchmarks/calib_start_diagnostics.py weight-shape [--compare compsrt/weights/mambairv2_light_x2.safetensors]
+    python benchmarks/calib_start_diagnostics.py group-off C1/model.safetensors C2/model.safetensors [--set Set5]
 
 All rebuild the quick default's DOBI start exactly (shipped x2 weights, bundled crops, the same
 seeded calibration batch); attribution and train-group run the quick default's calibrate() itself.
@@ -37,6 +38,10 @@ block), the kurtosis of its entries unrotated and rotated (the AC coefficients C
 and the ratio of their per-tensor DOBI errors at --bits. The Hadamard rotation makes any tensor's
 entries near-Gaussian (kurtosis 3): it helps heavy-tailed tensors (above 3) and hurts flat ones
 (a uniform distribution has 1.8). --compare prints the kurtosis of other checkpoints' 2-D weights.
+
+group-off: finished x2 checkpoints on one benchmark set (--bench, --set): per image, PSNR against
+HR and fidelity to the FP output with each group of quantizers passed through unquantized (the
+trained state of the others kept): what each group costs at the end of finetuning, per image.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -278,11 +284,58 @@ def weight_shape(fp, bits: int, compare: list[str]) -> None:
               f"(min {ks.min():.2f}, max {ks.max():.2f})")
 
 
+@contextlib.contextmanager
+def _passing_through(off: set[int]):
+    """Quantizers whose id is in ``off`` return their input (rotated where the method rotates)."""
+    import compsrt.model.qmodules as qm
+
+    fake, fused, forward = Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward
+    current = [0]
+
+    def fake_or_not(self, t, dc_dim=None):
+        return t if id(self) in off else fake(self, t, dc_dim)
+
+    def fused_or_not(x, *args, dim=-1, **kw):
+        return qm.hadamard(x, dim) if current[0] in off else fused(x, *args, dim=dim, **kw)
+
+    def forward_noting(self, x):
+        current[0] = id(self)
+        return forward(self, x)
+
+    Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward = fake_or_not, fused_or_not, forward_noting
+    try:
+        yield
+    finally:
+        Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward = fake, fused, forward
+
+
+def group_off(fp, paths: list[str], bench: str, set_name: str) -> None:
+    from compsrt.data import load_benchmark
+    from compsrt.io import to_float, to_uint
+    from compsrt.metrics import psnr
+
+    pairs = load_benchmark(Path(bench), set_name, 2)
+    with torch.no_grad():
+        fp_out = [to_uint(fp(to_float(p.lr)[None])[0]) for p in pairs]
+    for path in paths:
+        model = load_calibrated(path, 2).eval()
+        print(f"{path} on {set_name}: PSNR vs HR / fidelity to FP per image, with one group unquantized")
+        for group in (None, *GROUPS):
+            off = {id(q) for _, q in _group(model, group)} if group else set()
+            with _passing_through(off), torch.no_grad():
+                sr = [to_uint(model(to_float(p.lr)[None])[0]) for p in pairs]
+            cells = [f"{p.name} {psnr(y, p.hr, 2):.2f}/{psnr(y, f, 2):.2f}" for p, y, f in zip(pairs, sr, fp_out)]
+            mean = np.mean([psnr(y, p.hr, 2) for p, y in zip(pairs, sr)])
+            print(f"  {group or 'none off':26s} mean {mean:.3f} | " + "  ".join(cells), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr", "attribution", "train-group", "rescore",
-                                    "weight-shape"))
-    p.add_argument("checkpoints", nargs="*", help="rescore: calibrated x2 checkpoints")
+                                    "weight-shape", "group-off"))
+    p.add_argument("checkpoints", nargs="*", help="rescore, group-off: calibrated x2 checkpoints")
+    p.add_argument("--bench", default="../shared/data/benchmark", help="group-off: benchmark folder")
+    p.add_argument("--set", default="Set5", help="group-off: benchmark set")
     p.add_argument("--patches", type=int, default=48, help="rescore: held-out patches")
     p.add_argument("--compare", nargs="*", default=[], help="weight-shape: other safetensors checkpoints")
     p.add_argument("--bits", type=int, default=2)
@@ -295,6 +348,8 @@ def main() -> None:
     fp = load_model(None, 2).eval()
     if a.what == "weight-shape":
         return weight_shape(fp, a.bits, a.compare)
+    if a.what == "group-off":
+        return group_off(fp, a.checkpoints, a.bench, a.set)
     pairs = load_training_pairs([bundled_calib_images()], 2, progress=False)
     train = pairs[VAL_IMAGES:]
     if a.what == "rescore":
