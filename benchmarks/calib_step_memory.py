@@ -6,8 +6,9 @@
 Each measurement runs in its own process (peak resident memory is per process): the shipped
 x2 weights compressed at 2 bits, bounds searched on the batch, then ``--steps`` timed steps
 of calibrate()'s training step (teacher forward, student forward + backward, Adam, projection)
-on random 64x64 LR patches; the first step includes warm-up, the median skips most of it. The modes alternate (off, on, off, on, ...) so that machine noise
-hits both; the ratio of the medians is the figure to quote.
+on random 64x64 LR patches (the median step is reported: the first includes warm-up). The
+modes alternate (off, on, off, on, ...) so that machine noise hits both; the ratio of the
+medians is the figure to quote.
 """
 from __future__ import annotations
 
@@ -79,8 +80,9 @@ def main() -> None:
     rows = []
     for _ in range(a.rounds):
         for mode in ("off", "on"):
-            out = subprocess.run([sys.executable, __file__, "--batch", str(a.batch), "--steps", str(a.steps),
-                                  "--method", a.method, "--device", a.device, "--only", mode], capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "--batch", str(a.batch), "--steps", str(a.steps), "--method", a.method,
+                   "--device", a.device, "--only", mode]
+            out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"recompute {mode}: failed (exit {out.returncode}; killed for memory?)")
                 continue

@@ -32,3 +32,10 @@ def test_loss_option():
 def test_lr_unit_option():
     assert _cfg("--lr-unit", "step", "--lr", "0.15").lr_unit == "step"
     assert _cfg().lr_unit == CalibConfig().lr_unit == "range"
+
+
+def test_recompute_option():
+    for dev in ("cpu", "cuda"):
+        assert _cfg("--device", dev).recompute
+        assert not _cfg("--device", dev, "--no-recompute").recompute
+        assert _cfg("--device", dev, "--recompute").recompute
