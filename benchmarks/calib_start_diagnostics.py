@@ -9,8 +9,9 @@
     python benchmarks/calib_start_diagnostics.py weight-shape [--compare compsrt/weights/mambairv2_light_x2.safetensors]
     python benchmarks/calib_start_diagnostics.py group-off C1/model.safetensors C2/model.safetensors [--set Set5]
 
-dobi-error to train-group rebuild the quick default's DOBI start exactly (shipped x2 weights, bundled crops, the same
-seeded calibration batch); attribution and train-group run the quick default's calibrate() itself.
+dobi-error to train-group rebuild the quick default's DOBI start exactly (shipped x2 weights,
+bundled crops, the same seeded calibration batch); attribution and train-group run the quick
+default's calibrate() itself.
 
 dobi-error: per quantizer site, the quantization error energy right after DOBI (dB of the summed
 squared error in the quantizer's own domain; the rotation is orthonormal, so rotated and
