@@ -75,6 +75,7 @@ class WindowAttention(nn.Module):
         self.head_dim = dim // heads
         self.scale = self.head_dim ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * ws - 1) ** 2, heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # as the official model
         self.register_buffer("relative_position_index", relative_position_index(ws), persistent=False)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -175,6 +176,22 @@ class _PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
 
+def _official_init(m: nn.Module) -> None:
+    """The official SwinIR initialization of Linear and LayerNorm (convs keep PyTorch's).
+
+    Only freshly built models see it (loaded weights replace it), but it shapes what training
+    produces: from PyTorch's default Linear init (uniform, std 0.075 at fan-in 60) a short run
+    leaves the weights flat-distributed (kurtosis ~2, the shipped weights), unlike trained
+    transformers' heavy-tailed ones that rotation-based quantization is designed for.
+    """
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class SwinIRLight(nn.Module):
     """SwinIR-light super-resolution network (pixelshuffledirect upsampler, 1conv residual).
 
@@ -202,6 +219,7 @@ class SwinIRLight(nn.Module):
             nn.Conv2d(dim, cfg.scale ** 2 * cfg.in_chans, 3, 1, 1), nn.PixelShuffle(cfg.scale)
         )
         self._masks: dict[tuple[int, int, torch.device], Tensor] = {}
+        self.apply(_official_init)
 
     def recompute_blocks(self, on: bool = True) -> "SwinIRLight":
         """Keep only each Swin block's input for backward and recompute the block there.

@@ -154,3 +154,20 @@ def test_window_partition_round_trip_and_position_index():
 def test_config_validation(bad, match):
     with pytest.raises(ValueError, match=match):
         SwinIRConfig(**bad)
+
+
+def test_fresh_model_has_the_official_init():
+    """trunc-normal 0.02 Linear weights (not PyTorch's uniform, std 1/sqrt(3 fan_in)), zero
+    biases, unit LayerNorms, and trunc-normal position-bias tables, as the official SwinIR."""
+    torch.manual_seed(0)
+    m = SwinIRLight(SwinIRConfig(scale=2))
+    linears = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
+    w = torch.cat([lin.weight.flatten() for lin in linears])
+    kurtosis = (((w - w.mean()) ** 4).mean() / w.var() ** 2).item()
+    assert abs(w.std().item() - 0.02) < 0.002 and 2.7 < kurtosis < 3.3  # Gaussian; uniform has 1.8
+    assert all(not lin.bias.any() for lin in linears)
+    norms = [mod for mod in m.modules() if isinstance(mod, torch.nn.LayerNorm)]
+    assert all(bool((n.weight == 1).all()) and not n.bias.any() for n in norms)
+    tables = torch.cat([blk.attn.relative_position_bias_table.flatten() for layer in m.layers
+                        for blk in layer.residual_group.blocks])
+    assert abs(tables.std().item() - 0.02) < 0.003
