@@ -228,8 +228,8 @@ class SwinIRLight(nn.Module):
         until backward: a batch of 16 64x64 patches needs over 24 GB when the quantizers are
         trained. Recomputing costs one more forward of each block (deterministic, so the
         gradients are the same) and keeps one block's temporaries at a time; on the CPU the
-        smaller working set pays for it from batch 2 up (benchmarks/calib_step_memory.py). No effect
-        without autograd (inference, DOBI).
+        smaller working set about breaks even at batch 2 and pays for it at batch 4
+        (benchmarks/calib_step_memory.py). No effect without autograd (inference, DOBI).
         """
         for layer in self.layers:
             layer.residual_group.recompute = on
