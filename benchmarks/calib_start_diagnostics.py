@@ -65,7 +65,7 @@ from compsrt.calib.dobi import dobi
 from compsrt.calib.methods import method_config
 from compsrt.config import CalibConfig
 from compsrt.data import load_training_pairs, random_patches
-from compsrt.kernels import hadamard
+from compsrt.kernels import fake_quant_ref, hadamard
 from compsrt.model.compress import compress_, load_calibrated
 from compsrt.model.load import load_model
 from compsrt.model.qmodules import ActQuantizer, Quantizer, WeightQuantizer, quantizers
@@ -256,9 +256,7 @@ def _kurtosis(t: torch.Tensor) -> float:
 
 def _dobi_error(t: torch.Tensor, bits: int) -> float:
     lo, hi = dobi(t, bits)
-    s = (hi - lo) / (2 ** bits - 1)
-    q = ((t.clamp(lo, hi) - lo) / s).round().clamp(0, 2 ** bits - 1) * s + lo
-    return float(((q - t) ** 2).sum())
+    return float((fake_quant_ref(t, torch.tensor(lo), torch.tensor(hi), bits) - t).pow(2).sum())
 
 
 def weight_shape(fp, bits: int, compare: list[str]) -> None:
@@ -269,8 +267,7 @@ def weight_shape(fp, bits: int, compare: list[str]) -> None:
         w = mod.weight.detach()
         parts = w.chunk(3) if name.endswith("qkv") else (w,)
         for w in parts:
-            n = 1 << (w.shape[1] - 1).bit_length()
-            ac = hadamard(F.pad(w, (0, n - w.shape[1])), -1)[:, 1:]
+            ac = hadamard(w, -1)[:, 1:]  # zero-padded to a power of two, as WeightQuantizer.to_domain
             rows.append((_kurtosis(w), _kurtosis(ac), _dobi_error(ac, bits) / _dobi_error(w, bits)))
     k0, k1, ratio = (np.array(c) for c in zip(*rows))
     print(f"shipped x2, {len(rows)} quantized weights: kurtosis unrotated median {np.median(k0):.2f} "
