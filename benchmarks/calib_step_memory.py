@@ -21,7 +21,7 @@ import sys
 import time
 
 
-def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = "cpu") -> dict:
+def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = "cpu", profile: int = 0) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -42,9 +42,7 @@ def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = 
         student(x)
     set_calibrating(student, False)
     opt, params = _optimizer(student, CalibConfig()), quant_parameters(student)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
+    def step() -> None:
         with torch.no_grad():
             target = fp(x)
         loss = F.l1_loss(student(x), target)
@@ -56,12 +54,36 @@ def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = 
             q.project_()
         if dev.type == "cuda":
             torch.cuda.synchronize()
+
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
         times.append(time.perf_counter() - t0)
+    if profile:
+        print_profile(step, profile, dev)
     if dev.type == "cuda":
         peak_gb = torch.cuda.max_memory_allocated() / 2 ** 30
     else:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
     return {"recompute": recompute, "s_per_step": statistics.median(times), "peak_gb": peak_gb}
+
+
+def print_profile(step, steps: int, dev) -> None:
+    """Where a step's time goes: the top operators by self time over ``steps`` steps (to stderr)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
+    print(f"profile of {steps} steps, sorted by {key}:\n{table}", file=sys.stderr)
+    if dev.type == "cuda":
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60),
+              file=sys.stderr)
 
 
 def main() -> None:
@@ -73,9 +95,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu (peak: resident memory) or cuda (peak: allocated)")
     p.add_argument("--only", choices=("on", "off"),
                    help="measure one mode in this process (batch 16 without recompute needs over 24 GB)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="with --only: also profile STEPS more steps and print the top operators to stderr")
     a = p.parse_args()
     if a.only:
-        print(json.dumps(one_run(a.batch, a.steps, a.method, a.only == "on", a.device)))
+        print(json.dumps(one_run(a.batch, a.steps, a.method, a.only == "on", a.device, a.profile)))
         return
     rows = []
     for _ in range(a.rounds):

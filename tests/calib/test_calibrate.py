@@ -222,7 +222,7 @@ def test_calibrate_applies_the_recompute_setting(fp_model, monkeypatch):
         cfg = CalibConfig(iters=1, batch=1, patch=16, calib_batch=1, val_patches=1, recompute=on)
         calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4), cfg, progress=False)
     assert seen == [True, False]
-    assert CalibConfig().recompute and CalibConfig.full().recompute
+    assert CalibConfig().recompute and not CalibConfig.full().recompute   # CPU on, GPU (measured x1.9) off
 
 
 def test_tuning_only_freezes_bounds(fp_model):

@@ -35,7 +35,7 @@ def test_lr_unit_option():
 
 
 def test_recompute_option():
+    assert _cfg("--device", "cpu").recompute and not _cfg("--device", "cuda").recompute   # each device's default
     for dev in ("cpu", "cuda"):
-        assert _cfg("--device", dev).recompute
         assert not _cfg("--device", dev, "--no-recompute").recompute
         assert _cfg("--device", dev, "--recompute").recompute
