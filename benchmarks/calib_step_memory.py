@@ -5,9 +5,9 @@
 
 Each measurement runs in its own process (peak resident memory is per process): the shipped
 x2 weights compressed at 2 bits, bounds searched on the batch, then ``--steps`` timed steps
-of calibrate()'s training step (teacher forward, student forward + backward, Adam, projection)
-on random 64x64 LR patches (the median step is reported: the first includes warm-up). The
-modes alternate (off, on, off, on, ...) so that machine noise hits both; the ratio of the
+of calibrate()'s training step (``finetune_step_``: teacher forward, student forward + backward,
+Adam, projection) on random 64x64 LR patches (the median step is reported: the first includes
+warm-up). The modes alternate (off, on, off, on, ...) so that machine noise hits both; the ratio of the
 medians is the figure to quote.
 """
 from __future__ import annotations
@@ -23,12 +23,11 @@ import time
 
 def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = "cpu", profile: int = 0) -> dict:
     import torch
-    import torch.nn.functional as F
 
-    from compsrt.calib.calibrate import _optimizer
+    from compsrt.calib.calibrate import _optimizer, finetune_step_
     from compsrt.calib.methods import method_config
     from compsrt.config import CalibConfig
-    from compsrt.model.compress import compress_, quant_parameters, set_calibrating
+    from compsrt.model.compress import compress_, set_calibrating
     from compsrt.model.load import load_model
     from compsrt.model.qmodules import quantizers
 
@@ -41,17 +40,11 @@ def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = 
     with torch.no_grad():
         student(x)
     set_calibrating(student, False)
-    opt, params = _optimizer(student, CalibConfig()), quant_parameters(student)
+    cfg = CalibConfig()
+    opt, qs = _optimizer(student, cfg), quantizers(student)
+
     def step() -> None:
-        with torch.no_grad():
-            target = fp(x)
-        loss = F.l1_loss(student(x), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_value_(params, 1.0)
-        opt.step()
-        for q in quantizers(student):
-            q.project_()
+        finetune_step_(student, fp, x, opt, qs, cfg)
         if dev.type == "cuda":
             torch.cuda.synchronize()
 

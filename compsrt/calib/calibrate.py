@@ -35,9 +35,10 @@ from ..config import CalibConfig, QuantConfig
 from ..data import Pair, random_patches
 from ..io import atomic_path
 from ..metrics import psnr
-from ..model.compress import compress_, quant_parameters, set_calibrating
-from ..model.qmodules import quantizers
+from ..model.compress import compress_, set_calibrating
+from ..model.qmodules import Quantizer, project_quantizers_, quantizers
 from ..model.swinir import SwinIRLight
+from .scalar_adam import ScalarAdam
 
 
 @dataclass
@@ -134,49 +135,38 @@ def _qstate(model: torch.nn.Module) -> dict[str, Tensor]:
             if k.endswith((".lower", ".upper", ".step_extra", ".zero_extra"))}
 
 
-def _save_state(path: Path, model, opt, it: int, best: dict, report: CalibReport) -> None:
+def _save_state(path: Path, model, opt: ScalarAdam, it: int, best: dict, report: CalibReport) -> None:
     from safetensors.torch import save_file
 
     t = {f"q.{k}": v.cpu().contiguous() for k, v in _qstate(model).items()}
     t.update({f"best.{k}": v.cpu().contiguous() for k, v in best.items()})
-    params = quant_parameters(model)
-    for i, p in enumerate(params):
-        st = opt.state.get(p)
-        if st:
-            t[f"adam.{i}.exp_avg"] = st["exp_avg"].cpu().reshape(1)
-            t[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"].cpu().reshape(1)
-            t[f"adam.{i}.step"] = st["step"].cpu().reshape(1).float()
-    t["base_lr"] = torch.tensor([g["base_lr"] for g in opt.param_groups], dtype=torch.float64)
+    t.update(opt.state_tensors())
     meta = {"iteration": str(it), "report": json.dumps(asdict(report))}
     with atomic_path(path) as tmp:
         save_file(t, str(tmp), metadata=meta)
 
 
-def _load_state(path: Path, model, opt) -> tuple[int, dict, CalibReport]:
+def _load_state(path: Path, model, opt: ScalarAdam) -> tuple[int, dict, CalibReport]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     t = load_file(str(path))
+    if "adam.base_lrs" not in t:
+        raise ValueError(f"{path}: a calibration state from an older compsrt; start again without --resume")
     dev = next(model.parameters()).device
     own = dict(model.named_parameters())
     with torch.no_grad():
         for k, v in t.items():
             if k.startswith("q."):
                 own[k[2:]].copy_(v.reshape(()))
-    for i, p in enumerate(quant_parameters(model)):
-        if f"adam.{i}.exp_avg" in t:
-            opt.state[p] = {"exp_avg": t[f"adam.{i}.exp_avg"].reshape(()).to(dev),
-                            "exp_avg_sq": t[f"adam.{i}.exp_avg_sq"].reshape(()).to(dev),
-                            "step": t[f"adam.{i}.step"].reshape(())}
-    for g, lr in zip(opt.param_groups, t["base_lr"].tolist()):  # the first run's rates (from its DOBI)
-        g["base_lr"] = lr
+    opt.load_state_tensors(t)   # the first run's rates (from its DOBI) included
     best = {k[5:]: v.to(dev) for k, v in t.items() if k.startswith("best.")}
     return int(meta["iteration"]), best, CalibReport(**json.loads(meta["report"]))
 
 
-def _optimizer(model: torch.nn.Module, cfg: CalibConfig) -> torch.optim.Adam:
+def _optimizer(model: torch.nn.Module, cfg: CalibConfig) -> ScalarAdam:
     """Adam over the quantizer scalars, each quantizer's rates scaled by ``cfg.lr_unit``.
 
     "range" (default): bounds learn at lr x the DOBI range, extras (s2, z2) at lr x the step, so
@@ -189,16 +179,16 @@ def _optimizer(model: torch.nn.Module, cfg: CalibConfig) -> torch.optim.Adam:
 
     The range is read once, right after DOBI; a resumed run restores those rates from its state.
     """
-    groups = []
+    params, rates = [], []
     for q in quantizers(model):
         rng = float((q.upper - q.lower).detach())
         step = rng / (2 ** q.bits - 1)
         units = {"range": (rng, step), "step": (step, step), "absolute": (1.0, 1.0)}[cfg.lr_unit]
-        for ps, unit in zip(((q.lower, q.upper), (q.step_extra, q.zero_extra)), units):
-            ps = [p for p in ps if p.requires_grad]
-            if ps:
-                groups.append({"params": ps, "lr": cfg.lr * unit, "base_lr": cfg.lr * unit})
-    return torch.optim.Adam(groups, betas=(0.9, 0.99))
+        for p, unit in zip((q.lower, q.upper, q.step_extra, q.zero_extra), (units[0], units[0], units[1], units[1])):
+            if p.requires_grad:   # the order of quant_parameters()
+                params.append(p)
+                rates.append(cfg.lr * unit)
+    return ScalarAdam(params, rates, betas=(0.9, 0.99))
 
 
 def search_bounds_(student: SwinIRLight, train: list[Pair], cfg: CalibConfig, device: torch.device) -> Tensor:
@@ -214,10 +204,31 @@ def search_bounds_(student: SwinIRLight, train: list[Pair], cfg: CalibConfig, de
     return x
 
 
-def cosine_lr_(opt: torch.optim.Optimizer, it: int, iters: int) -> None:
-    """Set every group's rate for iteration ``it``: cosine decay from its ``base_lr`` to 1% of it."""
-    for g in opt.param_groups:
-        g["lr"] = g["base_lr"] * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters))))
+def cosine_lr_(opt: ScalarAdam, it: int, iters: int) -> None:
+    """Scale every rate for iteration ``it``: cosine decay from its base rate to 1% of it."""
+    opt.scale = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters)))
+
+
+def finetune_step_(student: SwinIRLight, teacher: SwinIRLight, x: Tensor, opt: ScalarAdam, qs: list[Quantizer],
+                   cfg: CalibConfig, taps: tuple[_StageTaps, _StageTaps] | None = None) -> Tensor:
+    """One DQC update on the LR batch ``x``; returns the loss, and updates nothing when it is not
+    finite (the caller stops). Shared with benchmarks/calib_step_memory.py, which times it."""
+    if taps is not None:
+        taps[0].recording = taps[1].recording = True
+    with torch.no_grad():
+        target = teacher(x)
+    loss = (F.l1_loss if cfg.loss == "l1" else F.mse_loss)(student(x), target)
+    if taps is not None:
+        taps[0].recording = taps[1].recording = False
+        loss = loss + cfg.feature_loss * feature_loss(taps[0].pop(), taps[1].pop())
+    if not torch.isfinite(loss):
+        return loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_value_(opt.params, cfg.clip)
+    opt.step()
+    project_quantizers_(qs)
+    return loss
 
 
 def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantConfig, cfg: CalibConfig,
@@ -246,7 +257,6 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     vlr, vhr = val_patches(val, cfg.val_patches, cfg.patch, s, cfg.seed)
     with torch.no_grad():
         vfp = teacher(_to_input(vlr, device)).clamp(0, 1)
-    params = quant_parameters(student)
     start, best = 0, {}
     resuming = resume and state_path is not None and state_path.exists()
     if not resuming:
@@ -261,9 +271,9 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     opt = _optimizer(student, cfg)
     if resuming:
         start, best, report = _load_state(state_path, student, opt)
-    taps_s = _StageTaps(student) if cfg.feature_loss > 0 else None
-    taps_t = _StageTaps(teacher) if cfg.feature_loss > 0 else None
-    last_good = _qstate(student)
+    taps = (_StageTaps(student), _StageTaps(teacher)) if cfg.feature_loss > 0 else None
+    qs, params = quantizers(student), opt.params
+    last_good = [p.detach().clone() for p in params]
     t_start, done_here = time.perf_counter(), 0
     budget.loop_started()
     bar = tqdm(range(start, cfg.iters), initial=start, total=cfg.iters, desc=f"DQC w{quant.bits}a{quant.bits}",
@@ -272,28 +282,17 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         lr_np, _ = random_patches(train, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, s)
         x = _to_input(lr_np, device)
         cosine_lr_(opt, it, cfg.iters)
-        if taps_s is not None:
-            taps_s.recording = taps_t.recording = True
-        with torch.no_grad():
-            target = teacher(x)
-        loss = (F.l1_loss if cfg.loss == "l1" else F.mse_loss)(student(x), target)
-        if taps_s is not None:
-            taps_s.recording = taps_t.recording = False
-            loss = loss + cfg.feature_loss * feature_loss(taps_s.pop(), taps_t.pop())
+        loss = finetune_step_(student, teacher, x, opt, qs, cfg, taps)
         if not torch.isfinite(loss):
             report.stopped = f"non-finite loss at iteration {it}; kept the last finite state"
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_value_(params, cfg.clip)
-        opt.step()
-        for q in quantizers(student):
-            q.project_()
-        if not bool(torch.isfinite(torch.stack([p.detach() for p in params])).all()):  # one host sync
-            student.load_state_dict(last_good, strict=False)
-            report.stopped = f"non-finite quantizer parameter after iteration {it}; kept the last finite state"
-            break
-        last_good = _qstate(student)
+        with torch.no_grad():   # batched: one op per quantizer scalar would cost more than the GPU step
+            if params and not bool(torch.isfinite(torch.stack(params)).all()):  # one host sync
+                torch._foreach_copy_(params, last_good)
+                report.stopped = f"non-finite quantizer parameter after iteration {it}; kept the last finite state"
+                break
+            if params:
+                torch._foreach_copy_(last_good, params)
         done_here += 1
         report.iters_done = it + 1
         bar.set_postfix(loss=f"{loss.item():.5f}")
@@ -316,9 +315,8 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     report.finetune_seconds += time.perf_counter() - t_start
     if done_here:
         report.seconds_per_iter = (time.perf_counter() - t_start) / done_here
-    for taps in (taps_s, taps_t):
-        if taps is not None:
-            for h in taps.handles:
-                h.remove()
+    for tap in taps or ():
+        for h in tap.handles:
+            h.remove()
     student.load_state_dict(best, strict=False)
     return student, report

@@ -11,6 +11,8 @@ fake-quantizes from then on; its four scalars (l, u, s2, z2) are the trainable p
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -114,6 +116,25 @@ class ActQuantizer(Quantizer):
             t = t[..., : x.shape[-1]] if self.dim == -1 else t[..., : x.shape[-2], :]
         return t
 
+
+
+@torch.no_grad()
+def project_quantizers_(qs: Sequence[Quantizer]) -> None:
+    """:meth:`Quantizer.project_` for many quantizers in a few foreach calls, bit for bit the same.
+
+    One call per quantizer is ~8 small operations each: 384 quantizers cost 11 ms of host time
+    per step on this CPU and ~3000 kernel launches on a GPU, where the host bounds the step.
+    """
+    if not qs:
+        return
+    lo, up, s2 = [q.lower for q in qs], [q.upper for q in qs], [q.step_extra for q in qs]
+    qmax = [float(2 ** q.bits - 1) for q in qs]
+    torch._foreach_maximum_(up, torch._foreach_add(lo, [m * STEP_EPS for m in qmax]))
+    floor = torch._foreach_sub(up, lo)
+    torch._foreach_div_(floor, qmax)
+    torch._foreach_neg_(floor)
+    torch._foreach_add_(floor, STEP_EPS)   # STEP_EPS - (u - l) / qmax
+    torch._foreach_maximum_(s2, floor)
 
 class WeightQuantizer(Quantizer):
     """Quantizer of a frozen weight (out, in): rotated once, pruned by a fixed mask.

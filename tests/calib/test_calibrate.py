@@ -154,13 +154,14 @@ def test_lr_units_scale_each_quantizers_rates(fp_model, batch, unit):
     m = quantized(fp_model, method_config("compsrt", 2), batch)
     opt = _optimizer(m, CalibConfig(lr=0.1, lr_unit=unit))
     qs = quantizers(m)
-    assert len(opt.param_groups) == 2 * len(qs)
-    for q, (gb, ge) in zip(qs, zip(opt.param_groups[::2], opt.param_groups[1::2])):
+    assert opt.params == quant_parameters(m) and len(opt.params) == 4 * len(qs)
+    for i, q in enumerate(qs):
         rng = float((q.upper - q.lower).detach())
         step = rng / 3
         want = {"range": (rng, step), "step": (step, step), "absolute": (1.0, 1.0)}[unit]
-        assert gb["params"][0] is q.lower and ge["params"][0] is q.step_extra
-        assert gb["lr"] == pytest.approx(0.1 * want[0]) and ge["lr"] == pytest.approx(0.1 * want[1])
+        assert opt.params[4 * i] is q.lower and opt.params[4 * i + 2] is q.step_extra
+        rates = opt.base_lrs[4 * i:4 * i + 4].tolist()
+        assert rates == pytest.approx([0.1 * want[0]] * 2 + [0.1 * want[1]] * 2)
 
 
 def test_lr_unit_is_validated():
@@ -172,14 +173,16 @@ def test_lr_unit_is_validated():
 
 def test_l2_loss_is_the_mean_squared_error(fp_model):
     """--loss l2 trains on the squared error: on the same first batch its loss is far below the
-    L1 loss (errors are << 1), and its held-out L1 (always reported) still falls."""
+    L1 loss (errors are << 1), and its held-out L1 (always reported) and fidelity improve."""
     pairs = smooth_images(4, 64, 8)
     cfg = CalibConfig(iters=6, batch=2, patch=16, calib_batch=2, val_every=1, val_patches=2)
     runs = {loss: calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3),
                             CalibConfig(**{**cfg.__dict__, "loss": loss}), progress=False)[1]
             for loss in ("l1", "l2")}
     assert runs["l2"].history[0]["loss"] < 0.2 * runs["l1"].history[0]["loss"]
-    assert runs["l2"].history[-1]["val_l1"] < runs["l2"].start_val_l1
+    # the 6-step trajectory oscillates (its last value depends on the thread count): judge its best
+    assert min(h["val_l1"] for h in runs["l2"].history) < 0.9 * runs["l2"].start_val_l1
+    assert runs["l2"].best_fidelity_db > runs["l2"].start_fidelity_db + 1.0
 
 
 def test_every_quantizer_parameter_gets_gradient(fp_model, batch):
@@ -326,6 +329,34 @@ def test_calibrate_end_to_end_and_checkpoint_roundtrip(fp_model, tmp_path):
     assert rep2.iters_done == 9 and rep2.history[:2] == rep.history
 
 
+def test_resume_after_an_interruption_continues_exactly(fp_model, tmp_path, monkeypatch):
+    """Quantizer scalars, Adam moments, rates and step count all survive the state file: an
+    interrupted and resumed run ends bit for bit where an uninterrupted one does."""
+    import compsrt.calib.calibrate as cal
+
+    pairs = smooth_images(5, 64, 3)
+    cfg = CalibConfig(iters=6, batch=1, patch=16, calib_batch=1, val_every=3, val_patches=1)
+    run = lambda **kw: calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, progress=False,
+                                 state_path=tmp_path / "state.safetensors", **kw)
+    whole, rep_whole = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, progress=False)
+    real, calls = cal.random_patches, {"n": 0}
+
+    def interrupted(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 6:   # after the state saved at iteration 3
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cal, "random_patches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(cal, "random_patches", real)
+    resumed, rep = run(resume=True)
+    assert rep.history == rep_whole.history and rep.iters_done == 6
+    for a, b in zip(quant_parameters(whole), quant_parameters(resumed)):
+        assert torch.equal(a, b)
+
+
 def test_feature_loss_trains_across_validation_checks(fp_model):
     """The stage taps must hold only the training forward's features: validation forwards of a
     different batch size in between once made the feature loss fail at the next iteration."""
@@ -353,6 +384,26 @@ def test_nonfinite_training_stops_with_last_good_state(fp_model, monkeypatch):
     cfg = CalibConfig(iters=6, batch=1, patch=16, calib_batch=1, val_every=2, val_patches=1)
     model, rep = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4), cfg, progress=False)
     assert "non-finite" in rep.stopped and rep.iters_done == 2
+    assert all(torch.isfinite(p) for p in quant_parameters(model))
+
+
+def test_nonfinite_parameter_stops_the_run(fp_model, monkeypatch):
+    import compsrt.calib.calibrate as cal
+
+    real, calls = cal.project_quantizers_, {"n": 0}
+
+    def poisoned(qs):
+        real(qs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with torch.no_grad():
+                qs[0].upper.fill_(float("nan"))
+
+    monkeypatch.setattr(cal, "project_quantizers_", poisoned)
+    cfg = CalibConfig(iters=6, batch=1, patch=16, calib_batch=1, val_every=1, val_patches=1)
+    model, rep = calibrate(fp_model, smooth_images(4, 64, 5)[1:], smooth_images(4, 64, 5)[:1], QuantConfig(bits=4),
+                           cfg, progress=False)
+    assert rep.stopped.startswith("non-finite quantizer parameter after iteration 2") and rep.iters_done == 2
     assert all(torch.isfinite(p) for p in quant_parameters(model))
 
 
