@@ -9,7 +9,8 @@
 # calibration batch 32) for CompSRT and 2DQuant at 2, 3 and 4 bits, each shortened to end within
 # CALIB_MIN minutes (DOBI included; report.json says how far it got), then evaluated on Set5/Set14.
 # Phase 2, the GPU to itself: one finetuning step at batch 16 with block recompute off and on
-# (seconds and peak memory), then a profile of the step (top operators by GPU and by host time).
+# (seconds and peak memory), a profile of the step (top operators by GPU and by host time), and
+# the host time of the step's bookkeeping (benchmarks/calib_step_bookkeeping.py).
 # Everything comes back in $OUT: one .tgz per calibrated model, logs.tgz (logs, reports, profile).
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -22,8 +23,9 @@ nvidia-smi -L
 $PY -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '|', torch.cuda.get_device_name())"
 $PY -c "import compsrt.calib.calibrate, compsrt.kernels.hadamard_fake_quant_triton" || exit 3   # fail fast
 
+# --recompute: six jobs at 13.5 GB each without it would not fit an H100's 80 GB (1.1 GB each with it).
 CALIB="--scale 2 --data $D/train/t91 $D/train/bsd --iters 4000 --batch 16 --calib-batch 32 --val-every 50 \
-       --minutes ${CALIB_MIN:-4.5} --device cuda --eval-data $D/bench --eval-sets Set5 Set14 --quiet"
+       --recompute --minutes ${CALIB_MIN:-4.5} --device cuda --eval-data $D/bench --eval-sets Set5 Set14 --quiet"
 PIDS=""
 for b in 2 3 4; do
     for m in compsrt 2dquant; do
@@ -47,8 +49,9 @@ tar czf "$OUT/logs.tgz" -C "$W" logs
 # Phase 2: the step alone (issue 5: 4000 iterations < 10 minutes, < 16 GB), then its profile.
 timeout 150 $PY benchmarks/calib_step_memory.py --device cuda --batch 16 --steps 8 --rounds 1 2>&1 \
     | grep -v Warn | tee "$W/logs/calib_step_memory.log"
-timeout 90 $PY benchmarks/calib_step_memory.py --device cuda --batch 16 --steps 4 --only on --profile 3 \
-    > "$W/logs/profile_on.json" 2> "$W/logs/profile_on.txt"
-grep -A 40 "^profile" "$W/logs/profile_on.txt" | head -70
+timeout 90 $PY benchmarks/calib_step_memory.py --device cuda --batch 16 --steps 4 --only off --profile 3 \
+    > "$W/logs/profile_off.json" 2> "$W/logs/profile_off.txt"
+grep -A 40 "^profile" "$W/logs/profile_off.txt" | head -70
+timeout 60 $PY benchmarks/calib_step_bookkeeping.py --device cuda 2>&1 | tee "$W/logs/bookkeeping.log"
 tar czf "$OUT/logs.tgz" -C "$W" logs
 ls -la "$OUT"
