@@ -1,15 +1,15 @@
-"""Adam over the quantizer scalars, a rate per scalar, in a handful of foreach calls.
+"""Adam over the quantizer scalars, a rate per scalar, as one flat update.
 
 ``torch.optim.Adam`` runs its update once per parameter group, and calibration gives each
-quantizer its own rates (``CalibConfig.lr_unit``): 768 groups for SwinIR-light, 49 ms of host
-time per step on this CPU, where the update itself is 1536 scalar operations. On an H100 the
-host, not the GPU, bounds a finetuning step (docs/gpu_lease_2026-11-28.md), so the update is
-written once over a flat vector: the same arithmetic as ``torch.optim.Adam`` (tested against
-it), a dozen launches per step whatever the number of quantizers.
+quantizer its own rates (``CalibConfig.lr_unit``): 768 groups for SwinIR-light, 55-70 ms of
+host time per step on this CPU for what is 1536 scalar updates
+(``benchmarks/calib_step_bookkeeping.py``). On an H100 the host, not the GPU, bounds a
+finetuning step (docs/gpu_lease_2026-11-28.md), so the update is written once over a flat
+vector: ``torch.optim.Adam``'s arithmetic, the same bits on the CPU (tested), a dozen launches
+per step whatever the number of quantizers.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -57,9 +57,11 @@ class ScalarAdam:
         b1, b2 = self.betas
         self.exp_avg.lerp_(g, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (self.exp_avg_sq.sqrt() / math.sqrt(1 - b2 ** self.steps)).add_(self.eps)
-        rates = (self.base_lrs * (-self.scale / (1 - b1 ** self.steps))).to(g.dtype)
-        new = torch.stack(self.params).addcmul_(self.exp_avg / denom, rates)
+        # torch.optim.Adam's CPU arithmetic, operation for operation, so that a group-per-rate Adam
+        # and this one give the same bits (calibration is chaotic: 1-ulp differences grow)
+        denom = (self.exp_avg_sq.sqrt() / (1 - b2 ** self.steps) ** 0.5).add_(self.eps)
+        rates = ((self.base_lrs * self.scale) / (1 - b1 ** self.steps)).neg_().to(g.dtype)
+        new = torch.stack(self.params).add_(rates.mul_(self.exp_avg).div_(denom))   # p + (-step * m) / denom
         torch._foreach_copy_(self.params, new.unbind())
 
     def state_tensors(self) -> dict[str, Tensor]:

@@ -122,8 +122,9 @@ class ActQuantizer(Quantizer):
 def project_quantizers_(qs: Sequence[Quantizer]) -> None:
     """:meth:`Quantizer.project_` for many quantizers in a few foreach calls, bit for bit the same.
 
-    One call per quantizer is ~8 small operations each: 384 quantizers cost 11 ms of host time
-    per step on this CPU and ~3000 kernel launches on a GPU, where the host bounds the step.
+    One call per quantizer is ~8 small operations: 384 quantizers cost 10-15 ms of host time per
+    step on this CPU (benchmarks/calib_step_bookkeeping.py) and ~3000 kernel launches on a GPU,
+    where the host bounds the step.
     """
     if not qs:
         return
