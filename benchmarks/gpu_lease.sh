@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# One GPU lease for the calibration issue, all of it in one command (about 8 minutes on an H100;
-# nothing here is needed by CI). Run from the repository root with the git-ignored folder
-# gpu_carry/ beside it (the tree and what it carries must fit 64 MiB together):
+# One GPU lease for the calibration issue, all of it in one command (on an H100 about 4 minutes
+# of speed probes, then CALIB_MIN + 1 minutes of calibration; nothing here is needed by CI). Run
+# from the repository root with the git-ignored folder gpu_carry/ beside it (the tree and what it
+# carries must fit 64 MiB together):
 #     gpu_carry/train/{t91,bsd}           a subset of the 291 training images
 #     gpu_carry/bench/{Set5,Set14}/...    HR + LR_bicubic/X2 of the two small test sets (B100 does
 #                                         not fit: evaluate the returned checkpoints on it at home)
-# Phase 1, side by side on the one GPU: the paper setting (batch 16, 4000 iterations asked,
+# Phase 1, the GPU to itself: one finetuning step at batch 16 with block recompute off and on
+# (seconds and peak memory), a profile of the step without recompute (top operators by GPU and
+# by host time), the host time of the step's bookkeeping (calib_step_bookkeeping.py), and whether
+# the step's forward + backward captures in a CUDA graph and how fast it replays
+# (calib_step_graph.py).
+# Phase 2, side by side on the one GPU: the paper setting (batch 16, 4000 iterations asked,
 # calibration batch 32) for CompSRT and 2DQuant at 2, 3 and 4 bits, each shortened to end within
 # CALIB_MIN minutes (DOBI included; report.json says how far it got), then evaluated on Set5/Set14.
-# Phase 2, the GPU to itself: one finetuning step at batch 16 with block recompute off and on
-# (seconds and peak memory), a profile of the step (top operators by GPU and by host time), and
-# the host time of the step's bookkeeping (benchmarks/calib_step_bookkeeping.py).
 # Everything comes back in $OUT: one .tgz per calibrated model, logs.tgz (logs, reports, profile).
 set -u
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -23,9 +26,20 @@ nvidia-smi -L
 $PY -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '|', torch.cuda.get_device_name())"
 $PY -c "import compsrt.calib.calibrate, compsrt.kernels.hadamard_fake_quant_triton" || exit 3   # fail fast
 
+# Phase 1: the step alone (issue 5: 4000 iterations < 10 minutes, < 16 GB), then its profile.
+timeout 150 $PY benchmarks/calib_step_memory.py --device cuda --batch 16 --steps 8 --rounds 1 2>&1 \
+    | grep -v Warn | tee "$W/logs/calib_step_memory.log"
+timeout 90 $PY benchmarks/calib_step_memory.py --device cuda --batch 16 --steps 4 --only off --profile 3 \
+    > "$W/logs/profile_off.json" 2> "$W/logs/profile_off.txt"
+grep -A 40 "^profile" "$W/logs/profile_off.txt" | head -70
+timeout 60 $PY benchmarks/calib_step_bookkeeping.py --device cuda 2>&1 | tee "$W/logs/bookkeeping.log"
+timeout 90 $PY benchmarks/calib_step_graph.py --batch 16 2>&1 | grep -v Warn | tee "$W/logs/step_graph.log"
+tar czf "$OUT/logs.tgz" -C "$W" logs   # again at the end
+
+# Phase 2: six calibrations side by side.
 # --recompute: six jobs at 13.5 GB each without it would not fit an H100's 80 GB (1.1 GB each with it).
 CALIB="--scale 2 --data $D/train/t91 $D/train/bsd --iters 4000 --batch 16 --calib-batch 32 --val-every 50 \
-       --recompute --minutes ${CALIB_MIN:-4.5} --device cuda --eval-data $D/bench --eval-sets Set5 Set14 --quiet"
+       --recompute --minutes ${CALIB_MIN:-3} --device cuda --eval-data $D/bench --eval-sets Set5 Set14 --quiet"
 PIDS=""
 for b in 2 3 4; do
     for m in compsrt 2dquant; do
@@ -44,14 +58,6 @@ for d in "$W"/w*; do
     cp "$d/report.json" "$W/logs/$(basename "$d")_report.json" 2>/dev/null
     tar czf "$OUT/$(basename "$d").tgz" -C "$d" --exclude='calib_state.safetensors' .
 done
-tar czf "$OUT/logs.tgz" -C "$W" logs
 
-# Phase 2: the step alone (issue 5: 4000 iterations < 10 minutes, < 16 GB), then its profile.
-timeout 150 $PY benchmarks/calib_step_memory.py --device cuda --batch 16 --steps 8 --rounds 1 2>&1 \
-    | grep -v Warn | tee "$W/logs/calib_step_memory.log"
-timeout 90 $PY benchmarks/calib_step_memory.py --device cuda --batch 16 --steps 4 --only off --profile 3 \
-    > "$W/logs/profile_off.json" 2> "$W/logs/profile_off.txt"
-grep -A 40 "^profile" "$W/logs/profile_off.txt" | head -70
-timeout 60 $PY benchmarks/calib_step_bookkeeping.py --device cuda 2>&1 | tee "$W/logs/bookkeeping.log"
 tar czf "$OUT/logs.tgz" -C "$W" logs
 ls -la "$OUT"
