@@ -33,6 +33,7 @@ from torch import Tensor
 from ..budget import TimeBudget
 from ..config import CalibConfig, QuantConfig
 from ..data import Pair, random_patches
+from ..errors import CompsrtError
 from ..io import atomic_path
 from ..metrics import psnr
 from ..model.compress import compress_, set_calibrating
@@ -154,14 +155,18 @@ def _load_state(path: Path, model, opt: ScalarAdam) -> tuple[int, dict, CalibRep
         meta = f.metadata()
     t = load_file(str(path))
     if "adam.base_lrs" not in t:
-        raise ValueError(f"{path}: a calibration state from an older compsrt; start again without --resume")
+        raise CompsrtError(f"{path}: a calibration state from an older compsrt; start again in another --out")
     dev = next(model.parameters()).device
     own = dict(model.named_parameters())
-    with torch.no_grad():
-        for k, v in t.items():
-            if k.startswith("q."):
-                own[k[2:]].copy_(v.reshape(()))
-    opt.load_state_tensors(t)   # the first run's rates (from its DOBI) included
+    try:
+        with torch.no_grad():
+            for k, v in t.items():
+                if k.startswith("q."):
+                    own[k[2:]].copy_(v.reshape(()))
+        opt.load_state_tensors(t)   # the first run's rates (from its DOBI) included
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CompsrtError(f"{path}: does not match this run ({e}); resume with the options it was started "
+                           "with, or start again in another --out") from None
     best = {k[5:]: v.to(dev) for k, v in t.items() if k.startswith("best.")}
     return int(meta["iteration"]), best, CalibReport(**json.loads(meta["report"]))
 

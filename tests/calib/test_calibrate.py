@@ -357,6 +357,18 @@ def test_resume_after_an_interruption_continues_exactly(fp_model, tmp_path, monk
         assert torch.equal(a, b)
 
 
+def test_resume_rejects_a_state_of_another_run(fp_model, tmp_path):
+    from compsrt.errors import CompsrtError
+
+    pairs = smooth_images(4, 64, 3)
+    cfg = CalibConfig(iters=2, batch=1, patch=16, calib_batch=1, val_every=2, val_patches=1)
+    state = tmp_path / "state.safetensors"
+    calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, state_path=state, progress=False)
+    with pytest.raises(CompsrtError, match="does not match this run"):   # 2dquant trains fewer scalars
+        calibrate(fp_model, pairs[1:], pairs[:1], method_config("2dquant", 3), CalibConfig(**{**cfg.__dict__, "iters": 3}),
+                  state_path=state, resume=True, progress=False)
+
+
 def test_feature_loss_trains_across_validation_checks(fp_model):
     """The stage taps must hold only the training forward's features: validation forwards of a
     different batch size in between once made the feature loss fail at the next iteration."""
