@@ -7,8 +7,8 @@ Each measurement runs in its own process (peak resident memory is per process): 
 x2 weights compressed at 2 bits, bounds searched on the batch, then ``--steps`` timed steps
 of calibrate()'s training step (``finetune_step_``: teacher forward, student forward + backward,
 Adam, projection) on random 64x64 LR patches (the median step is reported: the first includes
-warm-up). The modes alternate (off, on, off, on, ...) so that machine noise hits both; the ratio of the
-medians is the figure to quote.
+warm-up). The modes alternate (off, on, off, on, ...) so that machine noise hits both; the
+ratio of the medians is the figure to quote.
 """
 from __future__ import annotations
 
