@@ -287,8 +287,8 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         lr_np, _ = random_patches(train, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, s)
         x = _to_input(lr_np, device)
         cosine_lr_(opt, it, cfg.iters)
-        loss = finetune_step_(student, teacher, x, opt, qs, cfg, taps)
-        if not torch.isfinite(loss):
+        loss = finetune_step_(student, teacher, x, opt, qs, cfg, taps).item()   # already synced by its check
+        if not math.isfinite(loss):
             report.stopped = f"non-finite loss at iteration {it}; kept the last finite state"
             break
         with torch.no_grad():   # batched: one op per quantizer scalar would cost more than the GPU step
@@ -300,7 +300,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
                 torch._foreach_copy_(last_good, params)
         done_here += 1
         report.iters_done = it + 1
-        bar.set_postfix(loss=f"{loss.item():.5f}")
+        bar.set_postfix(loss=f"{loss:.5f}")
         fitted = budget.shorten(cfg, report.iters_done, bar)
         if fitted is not cfg:
             cfg = fitted
@@ -309,7 +309,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
             score, fid, l1 = val_scores(student, vlr, vhr, vfp, s, device)
             report.history.append({"iteration": report.iters_done, "val_psnr_db": round(score, 4),
                                    "val_fidelity_db": round(fid, 4), "val_l1": round(l1, 6),
-                                   "loss": round(loss.item(), 6)})
+                                   "loss": round(loss, 6)})
             if fid > report.best_fidelity_db:
                 report.best_fidelity_db, report.best_val_psnr_db = fid, score
                 report.best_iter, best = report.iters_done, _qstate(student)

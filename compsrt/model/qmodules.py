@@ -63,7 +63,9 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def project_(self) -> None:
-        """Keep u > l and the step positive after an optimizer update (the guard, not an error)."""
+        """Keep u > l and the step positive after an optimizer update (the guard, not an error).
+
+        The reference form; calibration runs its batched twin :func:`project_quantizers_`."""
         qmax = 2 ** self.bits - 1
         self.upper.copy_(torch.maximum(self.upper, self.lower + qmax * STEP_EPS))
         base = (self.upper - self.lower) / qmax
@@ -117,7 +119,6 @@ class ActQuantizer(Quantizer):
         return t
 
 
-
 @torch.no_grad()
 def project_quantizers_(qs: Sequence[Quantizer]) -> None:
     """:meth:`Quantizer.project_` for many quantizers in a few foreach calls, bit for bit the same.
@@ -136,6 +137,7 @@ def project_quantizers_(qs: Sequence[Quantizer]) -> None:
     torch._foreach_neg_(floor)
     torch._foreach_add_(floor, STEP_EPS)   # STEP_EPS - (u - l) / qmax
     torch._foreach_maximum_(s2, floor)
+
 
 class WeightQuantizer(Quantizer):
     """Quantizer of a frozen weight (out, in): rotated once, pruned by a fixed mask.
