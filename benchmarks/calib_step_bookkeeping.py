@@ -30,11 +30,9 @@ def per_call_ms(fn, repeats: int, device: torch.device) -> float:
 
 
 def main() -> None:
+    from calib_step_memory import dobi_student
     from compsrt.calib.calibrate import _optimizer
-    from compsrt.calib.methods import method_config
     from compsrt.config import CalibConfig
-    from compsrt.model.compress import compress_, set_calibrating
-    from compsrt.model.load import load_model
     from compsrt.model.qmodules import project_quantizers_, quantizers
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -43,11 +41,7 @@ def main() -> None:
     a = p.parse_args()
     dev = torch.device(a.device)
     torch.manual_seed(0)
-    model = compress_(load_model(None, 2), method_config("compsrt", 2)).eval().to(dev)
-    set_calibrating(model, True, n=100, max_elems=1 << 12, seed=0)
-    with torch.no_grad():
-        model(torch.rand(1, 3, 16, 16, device=dev))
-    set_calibrating(model, False)
+    model = dobi_student("compsrt", torch.rand(1, 3, 16, 16, device=dev), max_elems=1 << 12)
     qs = quantizers(model)
     new = _optimizer(model, CalibConfig())
     params = new.params

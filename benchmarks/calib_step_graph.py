@@ -32,19 +32,15 @@ def main() -> int:
         print("calib_step_graph: needs a CUDA device (CUDA graphs); nothing measured", file=sys.stderr)
         return 0
 
-    from compsrt.calib.methods import method_config
-    from compsrt.model.compress import compress_, quant_parameters, set_calibrating
+    from calib_step_memory import dobi_student
+    from compsrt.model.compress import quant_parameters
     from compsrt.model.load import load_model
 
     torch.manual_seed(0)
     dev = torch.device("cuda")
     fp = load_model(None, 2).eval().to(dev)
-    student = compress_(load_model(None, 2), method_config(a.method, 2)).eval().recompute_blocks(False).to(dev)
     x = torch.rand(a.batch, 3, 64, 64, device=dev)
-    set_calibrating(student, True, n=100, max_elems=1 << 16, seed=0)
-    with torch.no_grad():
-        student(x)
-    set_calibrating(student, False)
+    student = dobi_student(a.method, x, recompute=False)
     params = quant_parameters(student)
 
     def fwd_bwd() -> torch.Tensor:

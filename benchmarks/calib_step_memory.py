@@ -21,25 +21,36 @@ import sys
 import time
 
 
+def dobi_student(method: str, x, recompute: bool = True, max_elems: int = 1 << 16):
+    """The shipped x2 weights compressed at 2 bits by ``method``, bounds searched (DOBI) on the
+    batch ``x``, on its device: the start every step benchmark here measures from."""
+    import torch
+
+    from compsrt.calib.methods import method_config
+    from compsrt.model.compress import compress_, set_calibrating
+    from compsrt.model.load import load_model
+
+    student = compress_(load_model(None, 2), method_config(method, 2)).eval().recompute_blocks(recompute).to(x.device)
+    set_calibrating(student, True, n=100, max_elems=max_elems, seed=0)
+    with torch.no_grad():
+        student(x)
+    set_calibrating(student, False)
+    return student
+
+
 def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = "cpu", profile: int = 0) -> dict:
     import torch
 
     from compsrt.calib.calibrate import _optimizer, finetune_step_
-    from compsrt.calib.methods import method_config
     from compsrt.config import CalibConfig
-    from compsrt.model.compress import compress_, set_calibrating
     from compsrt.model.load import load_model
     from compsrt.model.qmodules import quantizers
 
     torch.manual_seed(0)
     dev = torch.device(device)
     fp = load_model(None, 2).eval().to(dev)
-    student = compress_(load_model(None, 2), method_config(method, 2)).eval().recompute_blocks(recompute).to(dev)
     x = torch.rand(batch, 3, 64, 64, device=dev)
-    set_calibrating(student, True, n=100, max_elems=1 << 16, seed=0)
-    with torch.no_grad():
-        student(x)
-    set_calibrating(student, False)
+    student = dobi_student(method, x, recompute)
     cfg = CalibConfig()
     opt, qs = _optimizer(student, cfg), quantizers(student)
 
