@@ -5,8 +5,9 @@
 The x2 model compressed at 2 bits (384 quantizers, 1536 trainable scalars) with random gradients.
 "per quantizer" is what calibrate() did until 2026-11-28: torch.optim.Adam with a group per
 rate (768 groups), ``Quantizer.project_`` one by one, a clone of every scalar as the last good
-state (it also walked the model's state dict for them, not counted here). "batched" is what it does now: ScalarAdam, ``project_quantizers_``, one foreach copy.
-On an H100 a whole step takes 0.57 s with its kernels' GPU time well under that
+state (it also walked the model's state dict for them, not counted here). "batched" is what it
+does now: ScalarAdam, ``project_quantizers_``, one foreach copy. On an H100 a whole step takes
+0.57 s with its kernels' GPU time well under that
 (docs/gpu_lease_2026-11-28.md): the host bounds the step, and this is host time.
 """
 from __future__ import annotations
