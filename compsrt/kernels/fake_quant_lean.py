@@ -53,17 +53,11 @@ class _LeanFakeQuant(torch.autograd.Function):
             g_dc = _dc(g, dc_dim).clone()
             g = g.clone()
             _dc(g, dc_dim).zero_()
-        y = _clamp(xc, lo, hi).sub_(z).div_(s)
-        q = torch.round(y)
         if xc.device.type == "cpu":
-            lo_q, hi_q = torch.aminmax(q)  # NaN in either: take the general path
-            fast = bool(lo_q >= 0) and bool(hi_q <= qmax)
-        else:
-            fast = False  # a data-dependent branch would synchronize the GPU
-        if fast:
-            gx, gs, gz, gl_clip, gu_clip = _no_saturation(xc, g, y, q, lo, hi)
-        else:
-            gx, gs, gz, gl_clip, gu_clip = _general(xc, g, y, q, lo, hi, qmax)
+            gx, gs, gz, gl_clip, gu_clip = _cpu_backward(xc, g, lo, hi, s, z, qmax)
+        else:  # no data-dependent branch: it would synchronize the GPU
+            y = _clamp(xc, lo, hi).sub_(z).div_(s)
+            gx, gs, gz, gl_clip, gu_clip = _general(xc, g, y, torch.round(y), lo, hi, qmax)
         if g_dc is not None:
             _dc(gx, dc_dim).copy_(g_dc)
         # s = (u - l) / qmax + s2 and z = l + z2: autograd outside (step_and_zero) chains d/ds and
@@ -71,14 +65,40 @@ class _LeanFakeQuant(torch.autograd.Function):
         return gx, gl_clip, gu_clip, gs, gz, None, None
 
 
-def _no_saturation(xc, g, y, q, lo, hi):
-    """Every code in [0, qmax] and no NaN (the usual case): fewer full-size passes."""
-    below, above = xc < lo, xc > hi
-    gx = g.masked_fill(below | above, 0)
-    gl_clip = torch.where(below, g, 0).sum()
-    gu_clip = torch.where(above, g, 0).sum()  # not total - rest: that cancels catastrophically
-    gs = torch.dot(g.reshape(-1), q.sub_(y).reshape(-1))
-    return gx, gs, torch.zeros_like(gs), gl_clip, gu_clip
+def _cpu_backward(xc, g, lo, hi, s, z, qmax):
+    """:func:`_general`'s gradients from float arithmetic instead of boolean masks, bit for bit.
+
+    On the CPU a comparison into a bool tensor, and ``where`` on one, cost several float passes,
+    so the masks become 0/1 floats (benchmarks/fake_quant_backward.py times both): the
+    side of the clip range is ``sign(x - clip(x))`` (-1 below, 0 inside, +1 above) and a code
+    saturates where ``round(y) != clamp(round(y))``. Multiplying by 1 or 0 keeps or zeroes a
+    value exactly, so every sum adds the same terms in the same order as the masked form (a zero
+    may carry a sign: equal values). Each product is written so that its result takes the memory
+    layout the masked form's did (that of its first operand): a non-contiguous ``g`` (the
+    gradient of a transposed k) would otherwise be summed in another order. When no code
+    saturates, d/ds is one dot product. NaN inputs take :func:`_general`, whose masks define
+    what NaN contributes.
+    """
+    c = _clamp(xc, lo, hi)
+    side = torch.sub(xc, c).sign_()
+    y = c.sub_(z).div_(s)
+    q = torch.round(y)
+    lo_q, hi_q = torch.aminmax(q)
+    if bool(lo_q.isnan()) or bool(hi_q.isnan()):  # aminmax propagates NaN
+        return _general(xc, g, y, q, lo, hi, qmax)
+    if bool(lo_q >= 0) and bool(hi_q <= qmax):  # no code saturates (the usual case at the start)
+        gs = torch.dot(g.reshape(-1), q.sub_(y).reshape(-1))
+        g_in, gz = g, torch.zeros_like(gs)
+    else:
+        qc = q.clamp(0, qmax)
+        g_in = q.sub_(qc).abs_().sign_().neg_().add_(1).mul_(g)  # g where the code is in range, else 0
+        g_sat = g_in.neg().add_(g)
+        gs = torch.sub(qc, y).mul_(g_in).add_(qc.mul_(g_sat)).sum()
+        gz = g_sat.sum()
+    del q, y
+    gl_clip = side.clamp(max=0).mul_(g_in).sum().neg_()  # sum(-t) == -sum(t) exactly
+    gu_clip = side.clamp(min=0).mul_(g_in).sum()  # not total - rest: that cancels catastrophically
+    return g_in * side.abs_().neg_().add_(1), gs, gz, gl_clip, gu_clip
 
 
 def _general(xc, g, y, q, lo, hi, qmax):
