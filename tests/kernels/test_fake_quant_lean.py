@@ -87,4 +87,5 @@ def test_cpu_backward_is_the_masked_backward_bit_for_bit(bits, extras, layout, s
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         else:
             assert a.equal(b), name
-    assert got[0].stride() == want[0].stride() or not saturates
+    if saturates:  # the gradient to x keeps the masked form's layout (its own is g's when none saturate)
+        assert got[0].stride() == want[0].stride()
