@@ -24,37 +24,18 @@ import torch
 
 from compsrt.kernels import fake_quant_lean as lean
 
+_LEAN = lean._LeanFakeQuant
+UNBOUNDED = 2 ** 62
 
-class _Unclamped(torch.autograd.Function):
-    """``_LeanFakeQuant`` without the code clamp (same signature)."""
 
-    @staticmethod
-    def forward(ctx, x, lo, hi, s, z, qmax, dc_dim):
-        xc = x.float()
-        ctx.save_for_backward(xc, lo, hi, s, z)
-        ctx.dc_dim = dc_dim
-        out = lean._clamp(xc, lo, hi).sub_(z).div_(s).round_().mul_(s).add_(z)
-        if dc_dim is not None:
-            out.narrow(dc_dim, 0, 1).copy_(xc.narrow(dc_dim, 0, 1))
-        return out.to(x.dtype)
+class _Unclamped:
+    """``_LeanFakeQuant`` with no top code: its clamp_(0, qmax) and saturation test get an
+    unbounded qmax, so codes run past 2^b - 1 and every gradient is the in-range one. The clamp
+    at 0 stays but never acts: z2 then gets no gradient (stays 0), so z = l and no code is < 0."""
 
     @staticmethod
-    def backward(ctx, g):
-        xc, lo, hi, s, z = ctx.saved_tensors
-        g = g.float().clone()
-        if ctx.dc_dim is not None:
-            g_dc = g.narrow(ctx.dc_dim, 0, 1).clone()
-            g.narrow(ctx.dc_dim, 0, 1).zero_()
-        c = lean._clamp(xc, lo, hi)
-        side = torch.sub(xc, c).sign_()
-        y = c.sub_(z).div_(s)
-        gs = torch.dot(g.reshape(-1), torch.round(y).sub_(y).reshape(-1))
-        gl = side.clamp(max=0).mul_(g).sum().neg_()
-        gu = side.clamp(min=0).mul_(g).sum()
-        gx = g * side.abs_().neg_().add_(1)
-        if ctx.dc_dim is not None:
-            gx.narrow(ctx.dc_dim, 0, 1).copy_(g_dc)
-        return gx, gl, gu, gs, torch.zeros_like(gs), None, None
+    def apply(x, lo, hi, s, z, qmax, dc_dim):
+        return _LEAN.apply(x, lo, hi, s, z, UNBOUNDED, dc_dim)
 
 
 @torch.no_grad()
