@@ -41,12 +41,12 @@ class _Unclamped:
 @torch.no_grad()
 def levels(model: torch.nn.Module) -> list[int]:
     """Codes each quantizer's clip range spans under the unclamped formula."""
+    from compsrt.kernels.fake_quant import step_and_zero
     from compsrt.model.qmodules import quantizers
 
     out = []
     for q in quantizers(model):
-        s = float(q.step())
-        z = float(q.lower) + float(q.zero_extra)
+        s, z = (float(t) for t in step_and_zero(q.lower, q.upper, q.bits, *q.extras()))
         out.append(round((float(q.upper) - z) / s) - round((float(q.lower) - z) / s) + 1)
     return out
 

@@ -5,10 +5,10 @@
 Calibration's backward spends much of its time in the fake-quant gradient of 384 quantizers.
 On the CPU a comparison that writes a bool tensor, and ``where`` on one, cost several float
 passes each (first table), so ``_cpu_backward`` builds its masks from ``sign`` and ``clamp``
-instead. The second table times it against the masked form (``_general``, what CUDA runs) on a
-batch-2 step's largest operands, at the DOBI start (no code saturates) and once the learned
-extras make codes saturate (the usual state after a few steps). The two alternate, so machine
-noise hits both; quote the ratios.
+instead. The second table times it against the masked form (``_masked_backward``, what CUDA
+runs) on a batch-2 step's largest operands, at the DOBI start (no code saturates) and once the
+learned extras make codes saturate (the usual state after a few steps). The two alternate, so
+machine noise hits both; quote the ratios.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from compsrt.kernels.fake_quant_lean import _clamp, _cpu_backward, _general
+from compsrt.kernels.fake_quant_lean import _cpu_backward, _masked_backward
 
 
 def _ms(fn, repeats: int) -> list[float]:
@@ -62,8 +62,7 @@ def backward_pair(shape: tuple[int, ...], transposed: bool, saturating: bool, bi
     s, z = (s0 * 0.95, lo + 0.05 * s0) if saturating else (s0, lo)
 
     def masked():
-        y = _clamp(x, lo, hi).sub_(z).div_(s)
-        return _general(x, g, y, torch.round(y), lo, hi, qmax)
+        return _masked_backward(x, g, lo, hi, s, z, qmax)
 
     def floats():
         return _cpu_backward(x, g, lo, hi, s, z, qmax)

@@ -56,8 +56,7 @@ class _LeanFakeQuant(torch.autograd.Function):
         if xc.device.type == "cpu":
             gx, gs, gz, gl_clip, gu_clip = _cpu_backward(xc, g, lo, hi, s, z, qmax)
         else:  # no data-dependent branch: it would synchronize the GPU
-            y = _clamp(xc, lo, hi).sub_(z).div_(s)
-            gx, gs, gz, gl_clip, gu_clip = _general(xc, g, y, torch.round(y), lo, hi, qmax)
+            gx, gs, gz, gl_clip, gu_clip = _masked_backward(xc, g, lo, hi, s, z, qmax)
         if g_dc is not None:
             _dc(gx, dc_dim).copy_(g_dc)
         # s = (u - l) / qmax + s2 and z = l + z2: autograd outside (step_and_zero) chains d/ds and
@@ -66,7 +65,7 @@ class _LeanFakeQuant(torch.autograd.Function):
 
 
 def _cpu_backward(xc, g, lo, hi, s, z, qmax):
-    """:func:`_general`'s gradients from float arithmetic instead of boolean masks, bit for bit.
+    """:func:`_masked_backward`'s gradients from float arithmetic instead of bool masks, bit for bit.
 
     On the CPU a comparison into a bool tensor, and ``where`` on one, cost several float passes,
     so the masks become 0/1 floats (benchmarks/fake_quant_backward.py times both): the
@@ -99,6 +98,12 @@ def _cpu_backward(xc, g, lo, hi, s, z, qmax):
     gl_clip = side.clamp(max=0).mul_(g_in).sum().neg_()  # sum(-t) == -sum(t) exactly
     gu_clip = side.clamp(min=0).mul_(g_in).sum()  # not total - rest: that cancels catastrophically
     return g_in * side.abs_().neg_().add_(1), gs, gz, gl_clip, gu_clip
+
+
+def _masked_backward(xc, g, lo, hi, s, z, qmax):
+    """The gradients from boolean masks (what CUDA runs): :func:`_cpu_backward`'s reference."""
+    y = _clamp(xc, lo, hi).sub_(z).div_(s)
+    return _general(xc, g, y, torch.round(y), lo, hi, qmax)
 
 
 def _general(xc, g, y, q, lo, hi, qmax):
