@@ -41,7 +41,8 @@ def dobi_student(method: str, x, recompute: bool = True, max_elems: int = 1 << 1
 def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = "cpu", profile: int = 0) -> dict:
     import torch
 
-    from compsrt.calib.calibrate import _optimizer, finetune_step_
+    from compsrt.calib.calibrate import _optimizer
+    from compsrt.calib.step import finetune_step_
     from compsrt.config import CalibConfig
     from compsrt.model.load import load_model
     from compsrt.model.qmodules import quantizers

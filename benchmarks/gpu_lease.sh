@@ -8,9 +8,9 @@
 #                                         not fit: evaluate the returned checkpoints on it at home)
 # Phase 1, the GPU to itself: one finetuning step at batch 16 with block recompute off and on
 # (seconds and peak memory), a profile of the step without recompute (top operators by GPU and
-# by host time), the host time of the step's bookkeeping (calib_step_bookkeeping.py), and whether
-# the step's forward + backward captures in a CUDA graph and how fast it replays
-# (calib_step_graph.py).
+# by host time), the host time of the step's bookkeeping (calib_step_bookkeeping.py), the whole
+# step eager against replayed from a CUDA graph (calib_step_graph.py), and one short W2 CompSRT
+# calibration each way (the graph is calibrate()'s default on CUDA without recompute).
 # Phase 2, side by side on the one GPU: the paper setting (batch 16, 4000 iterations asked,
 # calibration batch 32) for CompSRT and 2DQuant at 2, 3 and 4 bits, each shortened to end within
 # CALIB_MIN minutes (DOBI included; report.json says how far it got), then evaluated on Set5/Set14.
@@ -33,7 +33,13 @@ timeout 90 $PY benchmarks/calib_step_memory.py --device cuda --batch 16 --steps 
     > "$W/logs/profile_off.json" 2> "$W/logs/profile_off.txt"
 grep -A 40 "^profile" "$W/logs/profile_off.txt" | head -70
 timeout 60 $PY benchmarks/calib_step_bookkeeping.py --device cuda 2>&1 | tee "$W/logs/bookkeeping.log"
-timeout 90 $PY benchmarks/calib_step_graph.py --batch 16 2>&1 | grep -v Warn | tee "$W/logs/step_graph.log"
+timeout 150 $PY benchmarks/calib_step_graph.py --batch 16 2>&1 | grep -v Warn | tee "$W/logs/step_graph.log"
+for g in cuda-graph no-cuda-graph; do   # same run, graph or not: s/iter and the fidelity history side by side
+    timeout 200 $PY -m compsrt.calib --scale 2 --bits 2 --data $D/train/t91 $D/train/bsd --iters 100 --batch 16 \
+        --calib-batch 32 --val-every 50 --no-recompute --$g --device cuda --out "$W/graph_$g" --quiet \
+        > "$W/logs/calib_graph_$g.log" 2>&1
+    grep -E "finetuning|fidelity" "$W/graph_$g/report.md"
+done
 tar czf "$OUT/logs.tgz" -C "$W" logs   # again at the end
 
 # Phase 2: six calibrations side by side.

@@ -114,6 +114,7 @@ class CalibConfig:
     loss: str = "l1"            # output distillation: "l1" (the paper's) or "l2" (mean squared, what PSNR measures)
     feature_loss: float = 0.0   # weight of the normalized feature loss on the 4 stage outputs
     recompute: bool = True      # recompute each Swin block in backward: CPU 1/3 of the memory, x0.8-1.05 the time
+    cuda_graph: bool = True     # on CUDA without recompute, replay the step from a CUDA graph (checked, else eager)
     val_every: int = 25
     val_patches: int = 4
     search_candidates: int = 100

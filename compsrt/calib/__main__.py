@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(default on the CPU: a third of the memory at x0.8-1.05 the time, batch 16 needs it "
                         "within 24 GB; off on a GPU, where it costs x1.9 the time and batch 16 fits 13.5 GB "
                         "without it; benchmarks/calib_step_memory.py)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=d.cuda_graph,
+                   help="on CUDA without recompute, replay each finetuning step from a CUDA graph (checked "
+                        "against the eager step once; falls back to it, saying why); default on")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--eval-data", type=Path, help="benchmark folder to evaluate on after calibration "
@@ -87,7 +90,7 @@ def _calib_config(a: argparse.Namespace) -> CalibConfig:
     given = {k: getattr(a, k) for k in ("iters", "batch", "calib_batch", "val_every", "recompute")
              if getattr(a, k) is not None}
     return CalibConfig(**{**asdict(base), **given, "lr": a.lr, "lr_unit": a.lr_unit, "loss": a.loss,
-                          "feature_loss": a.feature_loss, "seed": a.seed})
+                          "feature_loss": a.feature_loss, "seed": a.seed, "cuda_graph": a.cuda_graph})
 
 
 def write_report(out: Path, report: dict) -> None:
@@ -98,7 +101,8 @@ def write_report(out: Path, report: dict) -> None:
              f"- weights: {c['weights']}; data: {', '.join(c['data'])}",
              f"- quant: {json.dumps(c['quant'])}", f"- calib: {json.dumps(c['calib'])}",
              f"- DOBI {r['dobi_seconds']:.1f} s; finetuning {r['finetune_seconds']:.1f} s for {r['iters_done']} "
-             f"iterations ({r['seconds_per_iter']:.2f} s/iter incl. validation) on {c['device']}",
+             f"iterations ({r['seconds_per_iter']:.2f} s/iter incl. validation) on {c['device']}"
+             + (f", step: {r['step_mode']}" if r.get("step_mode") else ""),
              f"- held-out training patches PSNR: FP {r['fp_val_psnr_db']:.3f}, after DOBI "
              f"{r['start_val_psnr_db']:.3f}, kept {r['best_val_psnr_db']:.3f} dB (iteration {r['best_iter']})",
              f"- fidelity to the FP output on those patches (the keep-best score): after DOBI "

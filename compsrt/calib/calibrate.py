@@ -25,9 +25,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..budget import TimeBudget
@@ -37,9 +38,11 @@ from ..errors import CompsrtError
 from ..io import atomic_path
 from ..metrics import psnr
 from ..model.compress import compress_, set_calibrating
-from ..model.qmodules import Quantizer, project_quantizers_, quantizers
+from ..model.qmodules import quantizers
 from ..model.swinir import SwinIRLight
+from .graphed_step import CudaGraph, Graph, GraphedStep, graph_unsupported
 from .scalar_adam import ScalarAdam
+from .step import StageTaps, finetune_step_
 
 
 @dataclass
@@ -58,6 +61,7 @@ class CalibReport:
     finetune_seconds: float = 0.0
     seconds_per_iter: float = float("nan")
     stopped: str = ""                           # why training stopped early, if it did
+    step_mode: str = ""                         # "cuda graph", or "eager" and why not a graph
     history: list[dict] = field(default_factory=list)
 
 
@@ -94,41 +98,6 @@ def val_scores(model: torch.nn.Module, lr: np.ndarray, hr: np.ndarray, fp_out: T
     while the fidelity (a mean *squared* error) does not (docs/calib/experiments.md)."""
     out = model(_to_input(lr, device)).clamp(0, 1)
     return _hr_psnr(out, hr, scale), _fidelity(out, fp_out), float((out - fp_out).abs().mean())
-
-
-class _StageTaps:
-    """Forward hooks on the four stages' Swin-block outputs (tokens), for the feature loss.
-
-    They record only while ``recording`` is set, i.e. during the training forward: the
-    validation and DOBI forwards run other batches through the same modules."""
-
-    def __init__(self, model: SwinIRLight) -> None:
-        self.feats: list[Tensor] = []
-        self.recording = False
-        self.handles = [layer.residual_group.register_forward_hook(self._hook) for layer in model.layers]
-
-    def _hook(self, module: torch.nn.Module, inputs: tuple, out: Tensor) -> None:
-        if self.recording:
-            self.feats.append(out)
-
-    def pop(self) -> list[Tensor]:
-        f, self.feats = self.feats, []
-        return f
-
-
-def feature_loss(fs: list[Tensor], ft: list[Tensor]) -> Tensor:
-    """Mean over stages of ||f_s/|f_s| - f_t/|f_t|||^2 per sample (norms per sample, detached).
-
-    The official version broadcasts a (B,1,1,1) norm against 3-D tokens and divides by numel
-    twice, which makes it ~1e-8 of the pixel loss (reference-2dquant.md 3.4); this is the
-    intended normalized loss, O(1) in size.
-    """
-    total = 0.0
-    for s, t in zip(fs, ft):
-        ns = s.flatten(1).norm(dim=1).detach().clamp_min(1e-12).view(-1, 1, 1)
-        nt = t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
-        total = total + ((s / ns - t / nt) ** 2).flatten(1).sum(1).mean()
-    return total / len(fs)
 
 
 def _qstate(model: torch.nn.Module) -> dict[str, Tensor]:
@@ -214,31 +183,10 @@ def cosine_lr_(opt: ScalarAdam, it: int, iters: int) -> None:
     opt.scale = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters)))
 
 
-def finetune_step_(student: SwinIRLight, teacher: SwinIRLight, x: Tensor, opt: ScalarAdam, qs: list[Quantizer],
-                   cfg: CalibConfig, taps: tuple[_StageTaps, _StageTaps] | None = None) -> Tensor:
-    """One DQC update on the LR batch ``x``; returns the loss, and updates nothing when it is not
-    finite (the caller stops). Shared with benchmarks/calib_step_memory.py, which times it."""
-    if taps is not None:
-        taps[0].recording = taps[1].recording = True
-    with torch.no_grad():
-        target = teacher(x)
-    loss = (F.l1_loss if cfg.loss == "l1" else F.mse_loss)(student(x), target)
-    if taps is not None:
-        taps[0].recording = taps[1].recording = False
-        loss = loss + cfg.feature_loss * feature_loss(taps[0].pop(), taps[1].pop())
-    if not torch.isfinite(loss):
-        return loss
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_value_(opt.params, cfg.clip)
-    opt.step()
-    project_quantizers_(qs)
-    return loss
-
-
 def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantConfig, cfg: CalibConfig,
               state_path: Path | None = None, resume: bool = False, progress: bool = True,
-              device: str | torch.device = "cpu", minutes: float = 0.0) -> tuple[SwinIRLight, CalibReport]:
+              device: str | torch.device = "cpu", minutes: float = 0.0,
+              graph: Callable[[], Graph] | None = None) -> tuple[SwinIRLight, CalibReport]:
     """Quantize ``fp`` with DOBI + DQC; returns the calibrated model (best state) and a report.
 
     Args:
@@ -249,6 +197,9 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         minutes: wall-clock budget (> 0): the finetuning is shortened to end within it, counted
             from this call, DOBI included (see :mod:`compsrt.budget`); ``report.calib`` records
             the shortened length.
+        graph: makes the graph the step is captured in (:mod:`.graphed_step`); None = a CUDA
+            graph where the step can be graphed (CUDA, no recompute, no feature loss), else eager.
+            Tests pass an eager stand-in to run the graphed path on the CPU.
     """
     from tqdm import tqdm
 
@@ -276,9 +227,12 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     opt = _optimizer(student, cfg)
     if resuming:
         start, best, report = _load_state(state_path, student, opt)
-    taps = (_StageTaps(student), _StageTaps(teacher)) if cfg.feature_loss > 0 else None
+    taps = (StageTaps(student), StageTaps(teacher)) if cfg.feature_loss > 0 else None
     qs, params = quantizers(student), opt.params
     last_good = [p.detach().clone() for p in params]
+    why_eager = graph_unsupported(cfg, device.type == "cuda" or graph is not None)
+    report.step_mode = f"eager ({why_eager})" if why_eager else ""
+    stepper = None
     t_start, done_here = time.perf_counter(), 0
     budget.loop_started()
     bar = tqdm(range(start, cfg.iters), initial=start, total=cfg.iters, desc=f"DQC w{quant.bits}a{quant.bits}",
@@ -287,8 +241,19 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         lr_np, _ = random_patches(train, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, s)
         x = _to_input(lr_np, device)
         cosine_lr_(opt, it, cfg.iters)
-        loss = finetune_step_(student, teacher, x, opt, qs, cfg, taps).item()   # already synced by its check
+        if not report.step_mode:   # the first iteration that may use a graph: build it (state unchanged)
+            stepper = GraphedStep(student, teacher, opt, qs, cfg, x, (graph or CudaGraph)())
+            why_eager = stepper.build(x)
+            report.step_mode = f"eager ({why_eager})" if why_eager else "cuda graph"
+            stepper = None if why_eager else stepper
+        if stepper is not None:
+            loss = stepper.step(x).item()
+        else:
+            loss = finetune_step_(student, teacher, x, opt, qs, cfg, taps).item()   # already synced by its check
         if not math.isfinite(loss):
+            if stepper is not None:   # the graph's step updated anyway
+                with torch.no_grad():
+                    torch._foreach_copy_(params, last_good)
             report.stopped = f"non-finite loss at iteration {it}; kept the last finite state"
             break
         with torch.no_grad():   # batched: one op per quantizer scalar would cost more than the GPU step

@@ -7,6 +7,12 @@ host time per step on this CPU for what is 1536 scalar updates
 finetuning step (docs/gpu_lease_2026-11-28.md), so the update is written once over a flat
 vector: ``torch.optim.Adam``'s arithmetic, the same bits on the CPU (tested), a dozen launches
 per step whatever the number of quantizers.
+
+A step is split in two so that its device half can be captured in a CUDA graph
+(:mod:`compsrt.calib.graphed_step`): :meth:`ScalarAdam.advance` counts the step and writes the
+schedule's scale and the bias corrections, computed on the host in double precision as
+``torch.optim.Adam`` computes them, into three 0-d device tensors; :meth:`ScalarAdam.update`
+reads them there, so a graph replay sees this step's values, not the ones of its capture.
 """
 from __future__ import annotations
 
@@ -39,6 +45,9 @@ class ScalarAdam:
         self.base_lrs = torch.tensor([float(r) for r in base_lrs], dtype=torch.float64, device=like.device)
         self.exp_avg = torch.zeros(len(self.params), dtype=like.dtype, device=like.device)
         self.exp_avg_sq = torch.zeros_like(self.exp_avg)
+        # this step's scale, 1 - beta1^t and sqrt(1 - beta2^t), written by advance()
+        self._scale_t, self._bc1_t, self._bc2_sqrt_t = (torch.ones((), dtype=torch.float64, device=like.device)
+                                                        for _ in range(3))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -47,20 +56,33 @@ class ScalarAdam:
             elif p.grad is not None:
                 p.grad.zero_()
 
-    @torch.no_grad()
     def step(self) -> None:
+        self.advance()
+        self.update()
+
+    def advance(self) -> None:
+        """Host half of a step: count it and write this step's scale and bias corrections."""
+        self.steps += 1
+        b1, b2 = self.betas
+        self._scale_t.fill_(self.scale)
+        self._bc1_t.fill_(1 - b1 ** self.steps)
+        self._bc2_sqrt_t.fill_((1 - b2 ** self.steps) ** 0.5)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Device half of a step (no host value read or synchronization): capturable."""
         if not self.params:
             return
         zero = self.exp_avg.new_zeros(())
         g = torch.stack([zero if p.grad is None else p.grad for p in self.params])
-        self.steps += 1
         b1, b2 = self.betas
         self.exp_avg.lerp_(g, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)
         # torch.optim.Adam's CPU arithmetic, operation for operation, so that a group-per-rate Adam
-        # and this one give the same bits (calibration is chaotic: 1-ulp differences grow)
-        denom = (self.exp_avg_sq.sqrt() / (1 - b2 ** self.steps) ** 0.5).add_(self.eps)
-        rates = ((self.base_lrs * self.scale) / (1 - b1 ** self.steps)).neg_().to(g.dtype)
+        # and this one give the same bits (calibration is chaotic: 1-ulp differences grow); a 0-d
+        # double divisor is rounded to float first, as Adam's Python-number divisor is
+        denom = (self.exp_avg_sq.sqrt() / self._bc2_sqrt_t).add_(self.eps)
+        rates = ((self.base_lrs * self._scale_t) / self._bc1_t).neg_().to(g.dtype)
         new = torch.stack(self.params).add_(rates.mul_(self.exp_avg).div_(denom))   # p + (-step * m) / denom
         torch._foreach_copy_(self.params, new.unbind())
 

@@ -383,7 +383,7 @@ def test_feature_loss_trains_across_validation_checks(fp_model):
 
 def test_nonfinite_training_stops_with_last_good_state(fp_model, monkeypatch):
     pairs = smooth_images(4, 64, 5)
-    import compsrt.calib.calibrate as cal
+    import compsrt.calib.step as step
 
     real = F.l1_loss
     calls = {"n": 0}
@@ -392,7 +392,7 @@ def test_nonfinite_training_stops_with_last_good_state(fp_model, monkeypatch):
         calls["n"] += 1
         return real(a, b) * (float("nan") if calls["n"] == 3 else 1.0)
 
-    monkeypatch.setattr(cal.F, "l1_loss", poisoned)
+    monkeypatch.setattr(step.F, "l1_loss", poisoned)
     cfg = CalibConfig(iters=6, batch=1, patch=16, calib_batch=1, val_every=2, val_patches=1)
     model, rep = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=4), cfg, progress=False)
     assert "non-finite" in rep.stopped and rep.iters_done == 2
@@ -400,9 +400,9 @@ def test_nonfinite_training_stops_with_last_good_state(fp_model, monkeypatch):
 
 
 def test_nonfinite_parameter_stops_the_run(fp_model, monkeypatch):
-    import compsrt.calib.calibrate as cal
+    import compsrt.calib.step as step
 
-    real, calls = cal.project_quantizers_, {"n": 0}
+    real, calls = step.project_quantizers_, {"n": 0}
 
     def poisoned(qs):
         real(qs)
@@ -411,7 +411,7 @@ def test_nonfinite_parameter_stops_the_run(fp_model, monkeypatch):
             with torch.no_grad():
                 qs[0].upper.fill_(float("nan"))
 
-    monkeypatch.setattr(cal, "project_quantizers_", poisoned)
+    monkeypatch.setattr(step, "project_quantizers_", poisoned)
     cfg = CalibConfig(iters=6, batch=1, patch=16, calib_batch=1, val_every=1, val_patches=1)
     model, rep = calibrate(fp_model, smooth_images(4, 64, 5)[1:], smooth_images(4, 64, 5)[:1], QuantConfig(bits=4),
                            cfg, progress=False)
