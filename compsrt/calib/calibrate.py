@@ -231,8 +231,8 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     qs, params = quantizers(student), opt.params
     last_good = [p.detach().clone() for p in params]
     why_eager = graph_unsupported(cfg, device.type == "cuda" or graph is not None)
-    report.step_mode = f"eager ({why_eager})" if why_eager else ""
-    stepper = None
+    report.step_mode = f"eager ({why_eager})" if why_eager else "cuda graph"
+    graphed, build_graph = None, not why_eager
     t_start, done_here = time.perf_counter(), 0
     budget.loop_started()
     bar = tqdm(range(start, cfg.iters), initial=start, total=cfg.iters, desc=f"DQC w{quant.bits}a{quant.bits}",
@@ -241,19 +241,16 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         lr_np, _ = random_patches(train, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, s)
         x = _to_input(lr_np, device)
         cosine_lr_(opt, it, cfg.iters)
-        if not report.step_mode:   # the first iteration that may use a graph: build it (state unchanged)
-            stepper = GraphedStep(student, teacher, opt, qs, cfg, x, (graph or CudaGraph)())
-            why_eager = stepper.build(x)
-            report.step_mode = f"eager ({why_eager})" if why_eager else "cuda graph"
-            stepper = None if why_eager else stepper
-        if stepper is not None:
-            loss = stepper.step(x).item()
+        if build_graph:   # on the first batch; the state is left as it was
+            build_graph, graphed = False, GraphedStep(student, teacher, opt, qs, cfg, x, (graph or CudaGraph)())
+            why_eager = graphed.build(x)
+            if why_eager:
+                graphed, report.step_mode = None, f"eager ({why_eager})"
+        if graphed is not None:
+            loss = graphed.step(x).item()
         else:
             loss = finetune_step_(student, teacher, x, opt, qs, cfg, taps).item()   # already synced by its check
-        if not math.isfinite(loss):
-            if stepper is not None:   # the graph's step updated anyway
-                with torch.no_grad():
-                    torch._foreach_copy_(params, last_good)
+        if not math.isfinite(loss):   # (a graph's step has updated anyway: the kept state is loaded below)
             report.stopped = f"non-finite loss at iteration {it}; kept the last finite state"
             break
         with torch.no_grad():   # batched: one op per quantizer scalar would cost more than the GPU step

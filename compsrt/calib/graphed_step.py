@@ -77,8 +77,8 @@ class GraphedStep:
     replayed from a graph on a static input batch.
 
     ``build`` warms up, captures and checks; afterwards ``step(x)`` does what ``finetune_step_``
-    does for a finite loss (a non-finite one has updated the parameters: the caller restores them
-    and stops, as it does when a parameter goes non-finite).
+    does for a finite loss (after a non-finite one the parameters have been updated too; the
+    caller stops and keeps its best state, as it does when a parameter goes non-finite).
     """
 
     def __init__(self, student: SwinIRLight, teacher: SwinIRLight, opt: ScalarAdam, qs: list[Quantizer],

@@ -39,3 +39,8 @@ def test_recompute_option():
     for dev in ("cpu", "cuda"):
         assert not _cfg("--device", dev, "--no-recompute").recompute
         assert _cfg("--device", dev, "--recompute").recompute
+
+
+def test_cuda_graph_option():
+    assert _cfg("--device", "cuda").cuda_graph and CalibConfig.full().cuda_graph   # on by default
+    assert not _cfg("--device", "cuda", "--no-cuda-graph").cuda_graph

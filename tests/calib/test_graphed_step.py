@@ -133,3 +133,20 @@ def test_the_update_reads_no_changing_host_value(fp_model):
     assert any("_foreach_maximum_" in n for n in names) and any("lerp_" in n for n in names)
     assert not torch.equal(params[1], params[2])   # the steps did update
     assert opt.steps == 3 and not math.isclose(float(opt._scale_t), 1.0)
+
+
+def test_a_non_finite_loss_stops_the_graphed_run(fp_model, monkeypatch):
+    """The graph's step updates before the loss is read: the run stops with finite parameters."""
+    import compsrt.calib.step as step
+
+    real, calls = torch.nn.functional.l1_loss, {"n": 0}
+
+    def poisoned(a, b):
+        calls["n"] += 1   # 3 warm-up steps and the checked replay, then iterations 0, 1, ...
+        return real(a, b) * (float("nan") if calls["n"] == 6 else 1.0)
+
+    monkeypatch.setattr(step.F, "l1_loss", poisoned)
+    model, rep = _run(fp_model, ReplayGraph)
+    assert rep.step_mode == "cuda graph" and rep.iters_done == 1
+    assert rep.stopped == "non-finite loss at iteration 1; kept the last finite state"
+    assert all(torch.isfinite(p) for p in quant_parameters(model))
