@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU lease for the calibration issue, all of it in one command (on an H100 about 4 minutes
+# One GPU lease for the calibration issue, all of it in one command (on an H100 about 6 minutes
 # of speed probes, then CALIB_MIN + 1 minutes of calibration; nothing here is needed by CI). Run
 # from the repository root with the git-ignored folder gpu_carry/ beside it (the tree and what it
 # carries must fit 64 MiB together):
@@ -43,9 +43,13 @@ done
 tar czf "$OUT/logs.tgz" -C "$W" logs   # again at the end
 
 # Phase 2: six calibrations side by side.
-# --recompute: six jobs at 13.5 GB each without it would not fit an H100's 80 GB (1.1 GB each with it).
+# Six jobs at 13.5 GB each without block recompute do not fit an H100's 80 GB (1.1 GB each with it);
+# on a card of 120 GB or more they run without it, so with the graphed step (the GPU default).
+MEM_GB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 | awk '{print int($1 / 1024)}')
+if [ "${MEM_GB:-0}" -ge 120 ]; then RECOMPUTE=--no-recompute; else RECOMPUTE=--recompute; fi
+echo "GPU memory ${MEM_GB} GB: phase 2 runs with $RECOMPUTE"
 CALIB="--scale 2 --data $D/train/t91 $D/train/bsd --iters 4000 --batch 16 --calib-batch 32 --val-every 50 \
-       --recompute --minutes ${CALIB_MIN:-3} --device cuda --eval-data $D/bench --eval-sets Set5 Set14 --quiet"
+       $RECOMPUTE --minutes ${CALIB_MIN:-3} --device cuda --eval-data $D/bench --eval-sets Set5 Set14 --quiet"
 PIDS=""
 for b in 2 3 4; do
     for m in compsrt 2dquant; do
