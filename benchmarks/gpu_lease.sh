@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU lease for the calibration issue, all of it in one command (on an H100 about 6 minutes
 # of speed probes, then CALIB_MIN + 1 minutes of calibration; nothing here is needed by CI). Run
-# from the repository root with the git-ignored folder gpu_carry/ beside it (the tree and what it
-# carries must fit 64 MiB together):
+# from the repository root with the git-ignored folder gpu_carry/ beside it (made by
+# `bash benchmarks/gpu_carry.sh`; the tree and what it carries must fit 64 MiB together):
 #     gpu_carry/train/{t91,bsd}           a subset of the 291 training images
 #     gpu_carry/bench/{Set5,Set14}/...    HR + LR_bicubic/X2 of the two small test sets (B100 does
 #                                         not fit: evaluate the returned checkpoints on it at home)

@@ -8,7 +8,7 @@
    quantized model's output match the FP model's (L1, or L2 on request; optionally a
    normalized feature loss on the four stage outputs), with Adam, gradient value clipping, a
    cosine-decayed learning rate, and a projection after every step that keeps each step size
-   positive.
+   positive (one step: :mod:`.step`; on a GPU it is replayed from a CUDA graph, :mod:`.graphed_step`).
 
 Robustness: a non-finite loss or parameter stops training with the last finite state kept
 and the reason reported. Keep-best uses held-out *training* patches: the state whose output is
@@ -22,10 +22,9 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
