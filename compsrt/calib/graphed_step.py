@@ -62,7 +62,7 @@ def graph_unsupported(cfg: CalibConfig, have_graphs: bool) -> str:
     """Why the step is not graphed under ``cfg`` ("" when it can be); ``have_graphs``: the
     device has CUDA graphs (or a test supplies a stand-in)."""
     if not cfg.cuda_graph:
-        return "not asked for (--no-cuda-graph)"
+        return "turned off by --no-cuda-graph"
     if not have_graphs:
         return "CUDA graphs need a CUDA device"
     if cfg.recompute:
