@@ -139,7 +139,8 @@ class CalibConfig:
         """The paper's setting: 4000 iterations of batch 16, on a GPU.
 
         Without block recompute: on an H100 a batch-16 step keeps 13.5 GB (under the issue's 16 GB)
-        and takes 0.57 s against 1.06 s with recompute (docs/gpu_lease_2026-11-28.md).
+        and takes 0.57 s against 1.06 s with recompute (docs/gpu_lease_2026-11-28.md), and without
+        it the step can be replayed from a CUDA graph (``cuda_graph``, compsrt/calib/graphed_step.py).
         """
         return cls(**{"iters": 4000, "batch": 16, "calib_batch": 32, "val_every": 200, "val_patches": 16,
                       "recompute": False, **kw})
