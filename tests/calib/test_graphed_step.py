@@ -5,8 +5,9 @@ replays by calling the captured function again (what a correct capture does), on
 differs from the eager step, one whose capture fails. What they check is everything around the
 capture: the warm-up steps leave no trace, the static input and the host half of the Adam step
 are fed each iteration, a bad or failed graph falls back to the eager step with the reason, and
-the device half of a step reads no host value that changes between steps (the condition for a
-captured step to be a correct replay of later ones).
+the update after backward (clipping, Adam, step guard) reads no host value that changes between
+steps (the condition for a captured step to be a correct replay of later ones; the model's own
+CUDA forward and backward can only be checked by a capture on a GPU).
 """
 from __future__ import annotations
 
