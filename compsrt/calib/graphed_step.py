@@ -93,18 +93,17 @@ class GraphedStep:
         backward_update_(loss, self.opt, self.qs, self.cfg)
         self.loss.copy_(loss.detach())
 
+    def _state(self) -> list[Tensor]:
+        """What a step changes on the device: the quantizer scalars and Adam's moments."""
+        return [*self.opt.params, self.opt.exp_avg, self.opt.exp_avg_sq]
+
     def _snapshot(self) -> tuple[list[Tensor], int]:
-        tensors = [*self.opt.params, self.opt.exp_avg, self.opt.exp_avg_sq]
-        return [t.detach().clone() for t in tensors], self.opt.steps
+        return [t.detach().clone() for t in self._state()], self.opt.steps
 
     def _restore(self, snap: tuple[list[Tensor], int]) -> None:
         with torch.no_grad():
-            torch._foreach_copy_([*self.opt.params, self.opt.exp_avg, self.opt.exp_avg_sq], snap[0])
+            torch._foreach_copy_(self._state(), snap[0])
         self.opt.steps = snap[1]
-
-    def _grads(self) -> Tensor:
-        zero = self.opt.exp_avg.new_zeros(())
-        return torch.stack([zero if p.grad is None else p.grad.detach() for p in self.opt.params]).clone()
 
     def build(self, x: Tensor) -> str:
         """Warm up, capture, and check the graph's step against the first (eager) warm-up step on
@@ -122,14 +121,14 @@ class GraphedStep:
                     self.opt.advance()
                     self._body()
                     if i == 0:
-                        loss_e, grads_e = float(self.loss), self._grads()
+                        loss_e, grads_e = float(self.loss), self.opt.grads()
             if side is not None:
                 torch.cuda.current_stream().wait_stream(side)
             self._restore(snap)
             self.graph.capture(self._body)
             self.opt.advance()
             self.graph.replay()
-            loss_g, grads_g = float(self.loss), self._grads()
+            loss_g, grads_g = float(self.loss), self.opt.grads()
         except Exception as e:   # capture refused something: the finding, not a crash
             self._restore(snap)
             return f"capture failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

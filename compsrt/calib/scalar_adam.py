@@ -69,12 +69,17 @@ class ScalarAdam:
         self._bc2_sqrt_t.fill_((1 - b2 ** self.steps) ** 0.5)
 
     @torch.no_grad()
+    def grads(self) -> Tensor:
+        """The gradients as one vector, a missing one as zero."""
+        zero = self.exp_avg.new_zeros(())
+        return torch.stack([zero if p.grad is None else p.grad for p in self.params])
+
+    @torch.no_grad()
     def update(self) -> None:
         """Device half of a step (no host value read or synchronization): capturable."""
         if not self.params:
             return
-        zero = self.exp_avg.new_zeros(())
-        g = torch.stack([zero if p.grad is None else p.grad for p in self.params])
+        g = self.grads()
         b1, b2 = self.betas
         self.exp_avg.lerp_(g, 1 - b1)
         self.exp_avg_sq.mul_(b2).addcmul_(g, g, value=1 - b2)

@@ -67,6 +67,7 @@ def test_cpu_backward_is_the_masked_backward_bit_for_bit(bits, extras, layout, s
     """The float-arithmetic CPU backward against the boolean-mask one (what CUDA runs): the same
     sums in the same order, a transposed gradient (k in q k^T) included. Only d/ds differs when
     no code saturates, where it is one dot product instead of a masked sum."""
+    from compsrt.kernels.fake_quant import step_and_zero
     from compsrt.kernels.fake_quant_lean import _cpu_backward, _masked_backward
 
     g = torch.Generator().manual_seed(bits)
@@ -77,7 +78,7 @@ def test_cpu_backward_is_the_masked_backward_bit_for_bit(bits, extras, layout, s
     if layout == "transposed":
         grad = torch.randn(3, 40, 64, generator=g).transpose(1, 2)
     lo, hi, s2, z2 = (p.detach() for p in _params(bits, *extras))
-    s, z = (hi - lo) / (2 ** bits - 1) + s2, lo + z2
+    s, z = step_and_zero(lo, hi, bits, s2, z2)
     want = _masked_backward(x, grad, lo, hi, s, z, 2 ** bits - 1)
     got = _cpu_backward(x, grad, lo, hi, s, z, 2 ** bits - 1)
     saturates = extras != (0.0, 0.0)
