@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from compsrt.kernels.fake_quant import fake_quant, fake_quant_ref
+from compsrt.kernels.fake_quant import fake_quant, fake_quant_ref, step_and_zero
 
 BITS = [2, 4, 8]
 # (s2, z2) as fractions of the DOBI step: no saturation (the fast backward) and saturation at
@@ -67,7 +67,6 @@ def test_cpu_backward_is_the_masked_backward_bit_for_bit(bits, extras, layout, s
     """The float-arithmetic CPU backward against the boolean-mask one (what CUDA runs): the same
     sums in the same order, a transposed gradient (k in q k^T) included. Only d/ds differs when
     no code saturates, where it is one dot product instead of a masked sum."""
-    from compsrt.kernels.fake_quant import step_and_zero
     from compsrt.kernels.fake_quant_lean import _cpu_backward, _masked_backward
 
     g = torch.Generator().manual_seed(bits)
