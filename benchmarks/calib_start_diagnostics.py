@@ -7,7 +7,9 @@
     python benchmarks/calib_start_diagnostics.py train-group --bits 2 --iters 50
     python benchmarks/calib_start_diagnostics.py rescore C1/model.safetensors C2/model.safetensors --patches 48
     python benchmarks/calib_start_diagnostics.py weight-shape [--compare compsrt/weights/mambairv2_light_x2.safetensors]
-    python benchmarks/calib_start_diagnostics.py group-off C1/model.safetensors C2/model.safetensors [--set Set5]
+    python benchmarks/calib_start_diagnostics.py group-off C1/model.safetensors C2/model.safetensors [--set Set5] [--clip]
+    python benchmarks/calib_start_diagnostics.py clip-channels C1/model.safetensors C2/model.safetensors [--set Set5]
+    python benchmarks/calib_start_diagnostics.py widen C1/model.safetensors C2/model.safetensors [--alphas 1 1.15 1.3 0.9]
 
 dobi-error to train-group rebuild the quick default's DOBI start exactly (shipped x2 weights,
 bundled crops, the same seeded calibration batch); attribution and train-group run the quick
@@ -43,6 +45,17 @@ entries near-Gaussian (kurtosis 3): it helps heavy-tailed tensors (above 3) and 
 group-off: finished x2 checkpoints on one benchmark set (--bench, --set): per image, PSNR against
 HR and fidelity to the FP output with each group of quantizers passed through unquantized (the
 trained state of the others kept): what each group costs at the end of finetuning, per image.
+--clip also runs each group clipped to the span of its levels but not rounded: how much of a
+group's cost is its range (clipping) and how much its step (rounding).
+
+clip-channels: finished x2 checkpoints on one benchmark set: for each linear layer's input
+quantizer, how concentrated its clipping is (share of the clipped energy in its 3 largest
+channels of the last axis, in its own domain: channels unrotated, Hadamard coefficients rotated)
+and how much of the input's energy is clipped at all.
+
+widen: finished x2 checkpoints on one benchmark set with every quantizer of --group (default the
+linear inputs) scaled by each of --alphas, clip range and grid together (about the centre; about
+l for the non-negative fc2 and softmax inputs): whether the trained ranges are too narrow.
 """
 from __future__ import annotations
 
@@ -65,7 +78,8 @@ from compsrt.calib.dobi import dobi
 from compsrt.calib.methods import method_config
 from compsrt.config import CalibConfig
 from compsrt.data import load_training_pairs, random_patches
-from compsrt.kernels import fake_quant_ref, hadamard
+from compsrt.kernels import fake_quant, fake_quant_ref, hadamard
+from compsrt.kernels.fake_quant import step_and_zero
 from compsrt.model.compress import compress_, load_calibrated
 from compsrt.model.load import load_model
 from compsrt.model.qmodules import ActQuantizer, Quantizer, WeightQuantizer, quantizers
@@ -282,22 +296,37 @@ def weight_shape(fp, bits: int, compare: list[str]) -> None:
               f"(min {ks.min():.2f}, max {ks.max():.2f})")
 
 
+def _clipped(q: Quantizer, t: torch.Tensor, dc_dim: int | None) -> torch.Tensor:
+    """``t`` clipped to the span of q's levels (clip range and grid intersected), not rounded."""
+    s2, z2 = q.extras()
+    s, z = step_and_zero(q.lower, q.upper, q.bits, s2, z2)
+    lo, hi = torch.maximum(q.lower, z), torch.minimum(q.upper, z + (2 ** q.bits - 1) * s)
+    out = t.clamp(lo.to(t.dtype), hi.to(t.dtype))
+    if dc_dim is not None:  # the exact-DC coefficient stays FP, as in the quantizer
+        out = torch.cat([t.narrow(dc_dim, 0, 1), out.narrow(dc_dim, 1, t.shape[dc_dim] - 1)], dc_dim)
+    return out
+
+
 @contextlib.contextmanager
-def _passing_through(off: set[int]):
-    """Quantizers whose id is in ``off`` return their input (rotated where the method rotates)."""
+def _replacing(chosen: set[int], how: Callable[[Quantizer, torch.Tensor, int | None], torch.Tensor]):
+    """Quantizers whose id is in ``chosen`` return ``how(quantizer, t, dc_dim)`` of their input ``t``
+    (in their own domain: rotated where the method rotates) instead of its fake quantization."""
     import compsrt.model.qmodules as qm
 
     fake, fused, forward = Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward
-    current = [0]
+    current: list[Quantizer | None] = [None]
 
     def fake_or_not(self, t, dc_dim=None):
-        return t if id(self) in off else fake(self, t, dc_dim)
+        return how(self, t, dc_dim) if id(self) in chosen else fake(self, t, dc_dim)
 
-    def fused_or_not(x, *args, dim=-1, **kw):
-        return qm.hadamard(x, dim) if current[0] in off else fused(x, *args, dim=dim, **kw)
+    def fused_or_not(x, *args, dim=-1, keep_dc=False, **kw):
+        q = current[0]
+        if q is None or id(q) not in chosen:
+            return fused(x, *args, dim=dim, keep_dc=keep_dc, **kw)
+        return how(q, qm.hadamard(x, dim), (dim % x.dim()) if keep_dc else None)
 
     def forward_noting(self, x):
-        current[0] = id(self)
+        current[0] = self
         return forward(self, x)
 
     Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward = fake_or_not, fused_or_not, forward_noting
@@ -307,7 +336,8 @@ def _passing_through(off: set[int]):
         Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward = fake, fused, forward
 
 
-def group_off(fp, paths: list[str], bench: str, set_name: str) -> None:
+def group_off(fp, paths: list[str], bench: str, set_name: str, clip: bool = False) -> None:
+    """With ``clip``, each group is also run clipped but not rounded: what its ranges cost."""
     from compsrt.data import load_benchmark
     from compsrt.io import to_float, to_uint
     from compsrt.metrics import psnr
@@ -315,25 +345,92 @@ def group_off(fp, paths: list[str], bench: str, set_name: str) -> None:
     pairs = load_benchmark(Path(bench), set_name, 2)
     with torch.no_grad():
         fp_out = [to_uint(fp(to_float(p.lr)[None])[0]) for p in pairs]
+    modes = {"unquantized": lambda q, t, dc: t}
+    if clip:
+        modes["clipped only"] = _clipped
     for path in paths:
         model = load_calibrated(path, 2).eval()
-        print(f"{path} on {set_name}: PSNR vs HR / fidelity to FP per image, with one group unquantized")
+        print(f"{path} on {set_name}: PSNR vs HR / fidelity to FP per image, with one group unquantized"
+              + (" or clipped only" if clip else ""))
         for group in (None, *GROUPS):
-            off = {id(q) for _, q in _group(model, group)} if group else set()
-            with _passing_through(off), torch.no_grad():
+            chosen = {id(q) for _, q in _group(model, group)} if group else set()
+            for mode, how in modes.items() if group else [("", modes["unquantized"])]:
+                with _replacing(chosen, how), torch.no_grad():
+                    sr = [to_uint(model(to_float(p.lr)[None])[0]) for p in pairs]
+                cells = [f"{p.name} {psnr(y, p.hr, 2):.2f}/{psnr(y, f, 2):.2f}" for p, y, f in zip(pairs, sr, fp_out)]
+                mean = np.mean([psnr(y, p.hr, 2) for p, y in zip(pairs, sr)])
+                label = f"{group} {mode}" if group else "none off"
+                print(f"  {label:40s} mean {mean:.3f} | " + "  ".join(cells), flush=True)
+
+
+def clip_channels(paths: list[str], bench: str, set_name: str) -> None:
+    """Where each linear input's clipping falls: the share of its clipped energy in its top 3 of
+    the channels (the last axis in its own domain), and the share of its energy clipped."""
+    from compsrt.data import load_benchmark
+    from compsrt.io import to_float
+
+    pairs = load_benchmark(Path(bench), set_name, 2)
+    for path in paths:
+        model = load_calibrated(path, 2).eval()
+        linear_inputs = {id(q) for _, q in _group(model, "linear inputs")}
+        per_site: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+        names = {id(q): n for n, q in model.named_modules()}
+        acc: dict[int, list[torch.Tensor]] = {}
+
+        def record(q: Quantizer, t: torch.Tensor, dc: int | None) -> torch.Tensor:
+            cut = (t - _clipped(q, t, dc)).square().flatten(0, -2).sum(0)
+            total = t.square().flatten(0, -2).sum(0)
+            prev = acc.get(id(q))
+            acc[id(q)] = [cut, total] if prev is None else [prev[0] + cut, prev[1] + total]
+            return fake_quant(t, q.lower, q.upper, q.bits, *q.extras(), dc_dim=dc)  # q.fake is patched
+
+        with _replacing(linear_inputs, record), torch.no_grad():
+            for p in pairs:
+                model(to_float(p.lr)[None])
+        for qid, (cut, total) in acc.items():
+            top = cut.topk(3).values.sum() / cut.sum().clamp_min(1e-30)
+            per_site[_site(names[qid])].append((float(top), float(cut.sum() / total.sum())))
+        print(f"{path} on {set_name}: linear inputs, top-3-channel share of clipped energy / clipped share of energy")
+        for site, rows in per_site.items():
+            a = np.array(rows)
+            print(f"  {site:28s} top-3 share {np.median(a[:, 0]):.2f} (min {a[:, 0].min():.2f}), "
+                  f"energy clipped {np.median(a[:, 1]):.2e} (max {a[:, 1].max():.2e})  [{len(a)} quantizers]")
+
+
+def widen(paths: list[str], bench: str, set_name: str, group: str, alphas: list[float]) -> None:
+    """Each quantizer of ``group`` scaled by alpha, clip range and grid together: about its centre,
+    or about l for the non-negative fc2 and softmax inputs. Is the trained range too narrow?"""
+    from compsrt.data import load_benchmark
+    from compsrt.io import to_float, to_uint
+    from compsrt.metrics import psnr
+
+    pairs = load_benchmark(Path(bench), set_name, 2)
+    for path in paths:
+        trained = load_calibrated(path, 2).eval()
+        for alpha in alphas:
+            model = copy.deepcopy(trained)
+            with torch.no_grad():
+                for name, q in _group(model, group):
+                    about = q.lower.clone() if name.endswith(("fc2.aq.0", ".quant.a")) else (q.lower + q.upper) / 2
+                    q.lower.copy_(about - alpha * (about - q.lower))
+                    q.upper.copy_(about + alpha * (q.upper - about))
+                    q.step_extra.mul_(alpha)
+                    q.zero_extra.mul_(alpha)
                 sr = [to_uint(model(to_float(p.lr)[None])[0]) for p in pairs]
-            cells = [f"{p.name} {psnr(y, p.hr, 2):.2f}/{psnr(y, f, 2):.2f}" for p, y, f in zip(pairs, sr, fp_out)]
             mean = np.mean([psnr(y, p.hr, 2) for p, y in zip(pairs, sr)])
-            print(f"  {group or 'none off':26s} mean {mean:.3f} | " + "  ".join(cells), flush=True)
+            print(f"{path} on {set_name}: {group} x{alpha}: PSNR {mean:.3f}", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr", "attribution", "train-group", "rescore",
-                                    "weight-shape", "group-off"))
+                                    "weight-shape", "group-off", "clip-channels", "widen"))
     p.add_argument("checkpoints", nargs="*", help="rescore, group-off: calibrated x2 checkpoints")
     p.add_argument("--bench", default="../shared/data/benchmark", help="group-off: benchmark folder")
     p.add_argument("--set", default="Set5", help="group-off: benchmark set")
+    p.add_argument("--clip", action="store_true", help="group-off: also run each group clipped but not rounded")
+    p.add_argument("--group", default="linear inputs", choices=list(GROUPS), help="widen: which quantizers")
+    p.add_argument("--alphas", type=float, nargs="+", default=[1.0, 1.15, 1.3, 0.9], help="widen: range factors")
     p.add_argument("--patches", type=int, default=48, help="rescore: held-out patches")
     p.add_argument("--compare", nargs="*", default=[], help="weight-shape: other safetensors checkpoints")
     p.add_argument("--bits", type=int, default=2)
@@ -346,8 +443,12 @@ def main() -> None:
     fp = load_model(None, 2).eval()
     if a.what == "weight-shape":
         return weight_shape(fp, a.bits, a.compare)
+    if a.what == "widen":
+        return widen(a.checkpoints, a.bench, a.set, a.group, a.alphas)
+    if a.what == "clip-channels":
+        return clip_channels(a.checkpoints, a.bench, a.set)
     if a.what == "group-off":
-        return group_off(fp, a.checkpoints, a.bench, a.set)
+        return group_off(fp, a.checkpoints, a.bench, a.set, a.clip)
     pairs = load_training_pairs([bundled_calib_images()], 2, progress=False)
     train = pairs[VAL_IMAGES:]
     if a.what == "rescore":
