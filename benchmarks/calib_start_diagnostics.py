@@ -10,6 +10,7 @@
     python benchmarks/calib_start_diagnostics.py group-off C1/model.safetensors C2/model.safetensors [--set Set5] [--clip]
     python benchmarks/calib_start_diagnostics.py clip-channels C1/model.safetensors C2/model.safetensors [--set Set5]
     python benchmarks/calib_start_diagnostics.py widen C1/model.safetensors C2/model.safetensors [--alphas 1 1.15 1.3 0.9]
+    python benchmarks/calib_start_diagnostics.py ln-shift --bits 2 --iters 100
 
 dobi-error to train-group rebuild the quick default's DOBI start exactly (shipped x2 weights,
 bundled crops, the same seeded calibration batch); attribution and train-group run the quick
@@ -56,6 +57,10 @@ and how much of the input's energy is clipped at all.
 widen: finished x2 checkpoints on one benchmark set with every quantizer of --group (default the
 linear inputs) scaled by each of --alphas, clip range and grid together (about the centre; about
 l for the non-negative fc2 and softmax inputs): whether the trained ranges are too narrow.
+
+ln-shift: the quick default (--iters iterations) as is and with every LayerNorm output centred
+per channel on the DOBI batch, the mean folded into the norm's bias and the next linear's (the
+FP function unchanged): do the channel offsets of the qkv and fc1 inputs cost the 2-bit model?
 """
 from __future__ import annotations
 
@@ -421,10 +426,49 @@ def widen(paths: list[str], bench: str, set_name: str, group: str, alphas: list[
             print(f"{path} on {set_name}: {group} x{alpha}: PSNR {mean:.3f}", flush=True)
 
 
+def _norm_output_means(fp, train) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Per-channel mean of every LayerNorm output on the quick default's DOBI batch, and the
+    share of each output's energy those means hold."""
+    cfg = CalibConfig()
+    cal, _ = random_patches(train, np.random.default_rng([cfg.seed, 2 ** 31]), cfg.calib_batch, cfg.patch, 2)
+    outs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o.detach().flatten(0, -2)))
+             for n, m in fp.named_modules() if n.endswith(("norm1", "norm2"))]
+    with torch.no_grad():
+        fp(torch.from_numpy(cal).float() / 255)
+    for h in hooks:
+        h.remove()
+    means = {n: o.mean(0) for n, o in outs.items()}
+    return means, [float(means[n].square().sum() / o.square().mean(0).sum()) for n, o in outs.items()]
+
+
+def ln_shift(fp, method: str, bits: int, pairs, iters: int) -> None:
+    """The quick default with every LayerNorm output centred per channel (its calibration mean
+    subtracted from the norm's bias and W mean added to the next linear's): the FP function is
+    unchanged, the qkv and fc1 inputs lose their channel offsets (outlier-channel shifting)."""
+    means, share = _norm_output_means(fp, pairs[VAL_IMAGES:])
+
+    def shift(model):
+        mods = dict(model.named_modules())
+        with torch.no_grad():
+            for name, mu in means.items():
+                block = name.rsplit(".", 1)[0]
+                linear = mods[block + (".attn.qkv" if name.endswith("norm1") else ".mlp.fc1")]
+                mods[name].bias.sub_(mu)
+                linear.bias.add_(linear.weight @ mu)
+    print(f"{method} w{bits}: {len(share)} LayerNorm outputs, their channel means hold {np.median(share):.2f} of "
+          f"their energy in the median ({min(share):.2f} to {max(share):.2f}); held-out fidelity (dB) from DOBI "
+          "to each check, as is and centred")
+    for label, edit in (("as is", lambda m: None), ("centred", shift)):
+        rep = _quick_calibrate(fp, pairs, method, bits, iters, edit)
+        fid = [f"{rep.start_fidelity_db:.2f}"] + [f"{h['val_fidelity_db']:.2f}" for h in rep.history]
+        print(f"  {label}: {' -> '.join(fid)}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr", "attribution", "train-group", "rescore",
-                                    "weight-shape", "group-off", "clip-channels", "widen"))
+                                    "weight-shape", "group-off", "clip-channels", "widen", "ln-shift"))
     p.add_argument("checkpoints", nargs="*", help="rescore, group-off: calibrated x2 checkpoints")
     p.add_argument("--bench", default="../shared/data/benchmark", help="group-off: benchmark folder")
     p.add_argument("--set", default="Set5", help="group-off: benchmark set")
@@ -436,9 +480,9 @@ def main() -> None:
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=["2dquant", "compsrt"])
     p.add_argument("--batches", type=int, default=4, help="linesearch, grad-snr: fixed finetuning batches")
-    p.add_argument("--iters", type=int, default=50, help="train-group: finetuning iterations")
+    p.add_argument("--iters", type=int, default=50, help="train-group, ln-shift: finetuning iterations")
     a = p.parse_args()
-    if a.what in ("attribution", "train-group", "rescore"):
+    if a.what in ("attribution", "train-group", "rescore", "ln-shift"):
         torch.set_num_threads(1)  # as their figures in docs/calib/experiments.md were measured
     fp = load_model(None, 2).eval()
     if a.what == "weight-shape":
@@ -460,6 +504,8 @@ def main() -> None:
             linesearch(fp, method, a.bits, train, a.batches)
         elif a.what == "grad-snr":
             grad_snr(fp, method, a.bits, train, a.batches)
+        elif a.what == "ln-shift":
+            ln_shift(fp, method, a.bits, pairs, a.iters)
         elif a.what == "attribution":
             attribution(fp, method, a.bits, pairs)
         else:
