@@ -469,9 +469,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr", "attribution", "train-group", "rescore",
                                     "weight-shape", "group-off", "clip-channels", "widen", "ln-shift"))
-    p.add_argument("checkpoints", nargs="*", help="rescore, group-off: calibrated x2 checkpoints")
-    p.add_argument("--bench", default="../shared/data/benchmark", help="group-off: benchmark folder")
-    p.add_argument("--set", default="Set5", help="group-off: benchmark set")
+    p.add_argument("checkpoints", nargs="*", help="rescore, group-off, clip-channels, widen: calibrated x2 checkpoints")
+    p.add_argument("--bench", default="../shared/data/benchmark", help="group-off, clip-channels, widen: benchmark folder")
+    p.add_argument("--set", default="Set5", help="group-off, clip-channels, widen: benchmark set")
     p.add_argument("--clip", action="store_true", help="group-off: also run each group clipped but not rounded")
     p.add_argument("--group", default="linear inputs", choices=list(GROUPS), help="widen: which quantizers")
     p.add_argument("--alphas", type=float, nargs="+", default=[1.0, 1.15, 1.3, 0.9], help="widen: range factors")
