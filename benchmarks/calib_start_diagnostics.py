@@ -78,13 +78,14 @@ import torch.nn.functional as F
 
 import compsrt.calib.calibrate as cal
 from compsrt.calib.__main__ import bundled_calib_images
-from compsrt.calib.calibrate import calibrate, search_bounds_, val_patches, val_scores
+from compsrt.calib.calibrate import calib_batch, calibrate, search_bounds_, val_patches, val_scores
 from compsrt.calib.dobi import dobi
 from compsrt.calib.methods import method_config
 from compsrt.config import CalibConfig
 from compsrt.data import load_training_pairs, random_patches
 from compsrt.kernels import fake_quant, fake_quant_ref, hadamard
 from compsrt.kernels.fake_quant import step_and_zero
+from compsrt.kernels.hadamard_fake_quant import _dc_dim
 from compsrt.model.compress import compress_, load_calibrated
 from compsrt.model.load import load_model
 from compsrt.model.qmodules import ActQuantizer, Quantizer, WeightQuantizer, quantizers
@@ -328,7 +329,7 @@ def _replacing(chosen: set[int], how: Callable[[Quantizer, torch.Tensor, int | N
         q = current[0]
         if q is None or id(q) not in chosen:
             return fused(x, *args, dim=dim, keep_dc=keep_dc, **kw)
-        return how(q, qm.hadamard(x, dim), (dim % x.dim()) if keep_dc else None)
+        return how(q, qm.hadamard(x, dim), _dc_dim(x, dim, keep_dc))
 
     def forward_noting(self, x):
         current[0] = self
@@ -341,15 +342,23 @@ def _replacing(chosen: set[int], how: Callable[[Quantizer, torch.Tensor, int | N
         Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward = fake, fused, forward
 
 
-def group_off(fp, paths: list[str], bench: str, set_name: str, clip: bool = False) -> None:
-    """With ``clip``, each group is also run clipped but not rounded: what its ranges cost."""
-    from compsrt.data import load_benchmark
+def _run_set(model: torch.nn.Module, pairs) -> tuple[list[np.ndarray], float]:
+    """The model's uint8 x2 outputs on a benchmark set and their mean PSNR against HR."""
     from compsrt.io import to_float, to_uint
     from compsrt.metrics import psnr
 
-    pairs = load_benchmark(Path(bench), set_name, 2)
     with torch.no_grad():
-        fp_out = [to_uint(fp(to_float(p.lr)[None])[0]) for p in pairs]
+        sr = [to_uint(model(to_float(p.lr)[None])[0]) for p in pairs]
+    return sr, float(np.mean([psnr(y, p.hr, 2) for p, y in zip(pairs, sr)]))
+
+
+def group_off(fp, paths: list[str], bench: str, set_name: str, clip: bool = False) -> None:
+    """With ``clip``, each group is also run clipped but not rounded: what its ranges cost."""
+    from compsrt.data import load_benchmark
+    from compsrt.metrics import psnr
+
+    pairs = load_benchmark(Path(bench), set_name, 2)
+    fp_out, _ = _run_set(fp, pairs)
     modes = {"unquantized": lambda q, t, dc: t}
     if clip:
         modes["clipped only"] = _clipped
@@ -360,10 +369,9 @@ def group_off(fp, paths: list[str], bench: str, set_name: str, clip: bool = Fals
         for group in (None, *GROUPS):
             chosen = {id(q) for _, q in _group(model, group)} if group else set()
             for mode, how in modes.items() if group else [("", modes["unquantized"])]:
-                with _replacing(chosen, how), torch.no_grad():
-                    sr = [to_uint(model(to_float(p.lr)[None])[0]) for p in pairs]
+                with _replacing(chosen, how):
+                    sr, mean = _run_set(model, pairs)
                 cells = [f"{p.name} {psnr(y, p.hr, 2):.2f}/{psnr(y, f, 2):.2f}" for p, y, f in zip(pairs, sr, fp_out)]
-                mean = np.mean([psnr(y, p.hr, 2) for p, y in zip(pairs, sr)])
                 label = f"{group} {mode}" if group else "none off"
                 print(f"  {label:40s} mean {mean:.3f} | " + "  ".join(cells), flush=True)
 
@@ -406,8 +414,6 @@ def widen(paths: list[str], bench: str, set_name: str, group: str, alphas: list[
     """Each quantizer of ``group`` scaled by alpha, clip range and grid together: about its centre,
     or about l for the non-negative fc2 and softmax inputs. Is the trained range too narrow?"""
     from compsrt.data import load_benchmark
-    from compsrt.io import to_float, to_uint
-    from compsrt.metrics import psnr
 
     pairs = load_benchmark(Path(bench), set_name, 2)
     for path in paths:
@@ -421,16 +427,14 @@ def widen(paths: list[str], bench: str, set_name: str, group: str, alphas: list[
                     q.upper.copy_(about + alpha * (q.upper - about))
                     q.step_extra.mul_(alpha)
                     q.zero_extra.mul_(alpha)
-                sr = [to_uint(model(to_float(p.lr)[None])[0]) for p in pairs]
-            mean = np.mean([psnr(y, p.hr, 2) for p, y in zip(pairs, sr)])
+            _, mean = _run_set(model, pairs)
             print(f"{path} on {set_name}: {group} x{alpha}: PSNR {mean:.3f}", flush=True)
 
 
 def _norm_output_means(fp, train) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Per-channel mean of every LayerNorm output on the quick default's DOBI batch, and the
     share of each output's energy those means hold."""
-    cfg = CalibConfig()
-    cal, _ = random_patches(train, np.random.default_rng([cfg.seed, 2 ** 31]), cfg.calib_batch, cfg.patch, 2)
+    cal = calib_batch(train, CalibConfig(), 2)
     outs: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o.detach().flatten(0, -2)))
              for n, m in fp.named_modules() if n.endswith(("norm1", "norm2"))]

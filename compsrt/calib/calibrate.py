@@ -164,12 +164,17 @@ def _optimizer(model: torch.nn.Module, cfg: CalibConfig) -> ScalarAdam:
     return ScalarAdam(params, rates, betas=(0.9, 0.99))
 
 
+def calib_batch(train: list[Pair], cfg: CalibConfig, scale: int) -> np.ndarray:
+    """The seeded LR calibration batch DOBI searches on (its own stream, apart from the
+    finetuning batches')."""
+    cal, _ = random_patches(train, np.random.default_rng([cfg.seed, 2 ** 31]), cfg.calib_batch, cfg.patch, scale)
+    return cal
+
+
 def search_bounds_(student: SwinIRLight, train: list[Pair], cfg: CalibConfig, device: torch.device) -> Tensor:
     """DOBI: one no-grad forward of the seeded calibration batch, each quantizer searching its
     bounds on what it receives; returns that batch (model input)."""
-    cal, _ = random_patches(train, np.random.default_rng([cfg.seed, 2 ** 31]), cfg.calib_batch, cfg.patch,
-                            student.cfg.scale)
-    x = _to_input(cal, device)
+    x = _to_input(calib_batch(train, cfg, student.cfg.scale), device)
     set_calibrating(student, True, n=cfg.search_candidates, max_elems=cfg.search_max_elems, seed=cfg.seed)
     with torch.no_grad():
         student(x)
