@@ -86,9 +86,9 @@ from compsrt.data import load_training_pairs, random_patches
 from compsrt.kernels import fake_quant, fake_quant_ref, hadamard
 from compsrt.kernels.fake_quant import step_and_zero
 from compsrt.kernels.hadamard_fake_quant import _dc_dim
-from compsrt.model.compress import compress_, load_calibrated
-from compsrt.model.load import load_model
-from compsrt.model.qmodules import ActQuantizer, Quantizer, WeightQuantizer, quantizers
+from compsrt.quant.compress import compress_, load_calibrated
+from compsrt.load import load_model
+from compsrt.quant.qmodules import ActQuantizer, Quantizer, WeightQuantizer, quantizers
 
 PARAMS = ("lower", "upper", "step_extra", "zero_extra")
 VAL_IMAGES = 3  # the CLI's --val-images default: pairs[:3] are held out for keep-best
@@ -317,7 +317,7 @@ def _clipped(q: Quantizer, t: torch.Tensor, dc_dim: int | None) -> torch.Tensor:
 def _replacing(chosen: set[int], how: Callable[[Quantizer, torch.Tensor, int | None], torch.Tensor]):
     """Quantizers whose id is in ``chosen`` return ``how(quantizer, t, dc_dim)`` of their input ``t``
     (in their own domain: rotated where the method rotates) instead of its fake quantization."""
-    import compsrt.model.qmodules as qm
+    import compsrt.quant.qmodules as qm
 
     fake, fused, forward = Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward
     current: list[Quantizer | None] = [None]

@@ -34,7 +34,7 @@ def main() -> None:
     from calib_step_memory import dobi_student
     from compsrt.calib.calibrate import _optimizer
     from compsrt.config import CalibConfig
-    from compsrt.model.qmodules import project_quantizers_, quantizers
+    from compsrt.quant.qmodules import project_quantizers_, quantizers
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")

@@ -37,8 +37,8 @@ def main() -> int:
     from compsrt.calib.graphed_step import CudaGraph, GraphedStep
     from compsrt.calib.step import finetune_step_
     from compsrt.config import CalibConfig
-    from compsrt.model.load import load_model
-    from compsrt.model.qmodules import quantizers
+    from compsrt.load import load_model
+    from compsrt.quant.qmodules import quantizers
 
     torch.manual_seed(0)
     dev = torch.device("cuda")

@@ -27,14 +27,17 @@ def dobi_student(method: str, x, recompute: bool = True, max_elems: int = 1 << 1
     import torch
 
     from compsrt.calib.methods import method_config
-    from compsrt.model.compress import compress_, set_calibrating
-    from compsrt.model.load import load_model
+    from functools import partial
+
+    from compsrt.calib.dobi import dobi
+    from compsrt.quant.compress import compress_, set_calibrating
+    from compsrt.load import load_model
 
     student = compress_(load_model(None, 2), method_config(method, 2)).eval().recompute_blocks(recompute).to(x.device)
-    set_calibrating(student, True, n=100, max_elems=max_elems, seed=0)
+    set_calibrating(student, partial(dobi, n=100, max_elems=max_elems, seed=0))
     with torch.no_grad():
         student(x)
-    set_calibrating(student, False)
+    set_calibrating(student, None)
     return student
 
 
@@ -44,8 +47,8 @@ def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = 
     from compsrt.calib.calibrate import _optimizer
     from compsrt.calib.step import finetune_step_
     from compsrt.config import CalibConfig
-    from compsrt.model.load import load_model
-    from compsrt.model.qmodules import quantizers
+    from compsrt.load import load_model
+    from compsrt.quant.qmodules import quantizers
 
     torch.manual_seed(0)
     dev = torch.device(device)

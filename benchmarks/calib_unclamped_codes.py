@@ -42,7 +42,7 @@ class _Unclamped:
 def levels(model: torch.nn.Module) -> list[int]:
     """Codes each quantizer's clip range spans under the unclamped formula."""
     from compsrt.kernels.fake_quant import step_and_zero
-    from compsrt.model.qmodules import quantizers
+    from compsrt.quant.qmodules import quantizers
 
     out = []
     for q in quantizers(model):
@@ -64,7 +64,7 @@ def main() -> int:
 
     from compsrt.calib.__main__ import main as calib_main
     from compsrt.eval import evaluate, markdown_table
-    from compsrt.model.load import load_model
+    from compsrt.load import load_model
 
     rc = calib_main(["--scale", "2", "--bits", str(a.bits), "--method", a.method, "--out", str(a.out), *a.extra])
     if rc:

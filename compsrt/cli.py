@@ -14,7 +14,7 @@ from .device import parse_device
 from .errors import CompsrtError
 from .io import SUPPORTED_SUFFIXES, check_image_path, load_image, save_image
 from .infer import upscale
-from .model.load import ARCHS, load_model
+from .load import ARCHS, load_model
 
 
 def _parser() -> argparse.ArgumentParser:

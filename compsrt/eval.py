@@ -22,7 +22,7 @@ from .data import load_benchmark
 from .errors import CompsrtError
 from .io import atomic_path, to_float, to_uint
 from .metrics import psnr, ssim
-from .model.load import ARCHS, load_model
+from .load import ARCHS, load_model
 
 
 @torch.no_grad()

@@ -23,8 +23,8 @@ from ..data import load_training_pairs
 from ..device import parse_device
 from ..errors import CompsrtError
 from ..io import atomic_path
-from ..model.compress import save_calibrated
-from ..model.load import load_model
+from ..quant.compress import save_calibrated
+from ..load import load_model
 from .calibrate import calibrate
 from .methods import METHODS, method_config
 

@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,10 @@ from ..data import Pair, random_patches
 from ..errors import CompsrtError
 from ..io import atomic_path
 from ..metrics import psnr
-from ..model.compress import compress_, set_calibrating
-from ..model.qmodules import quantizers
+from ..quant.compress import compress_, set_calibrating
+from ..quant.qmodules import quantizers
 from ..model.swinir import SwinIRLight
+from .dobi import dobi
 from .graphed_step import CudaGraph, Graph, GraphedStep, graph_unsupported
 from .scalar_adam import ScalarAdam
 from .step import StageTaps, finetune_step_
@@ -175,10 +177,10 @@ def search_bounds_(student: SwinIRLight, train: list[Pair], cfg: CalibConfig, de
     """DOBI: one no-grad forward of the seeded calibration batch, each quantizer searching its
     bounds on what it receives; returns that batch (model input)."""
     x = _to_input(calib_batch(train, cfg, student.cfg.scale), device)
-    set_calibrating(student, True, n=cfg.search_candidates, max_elems=cfg.search_max_elems, seed=cfg.seed)
+    set_calibrating(student, partial(dobi, n=cfg.search_candidates, max_elems=cfg.search_max_elems, seed=cfg.seed))
     with torch.no_grad():
         student(x)
-    set_calibrating(student, False)
+    set_calibrating(student, None)
     return x
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..config import CalibConfig
-from ..model.qmodules import Quantizer
+from ..quant.qmodules import Quantizer
 from ..model.swinir import SwinIRLight
 from .scalar_adam import ScalarAdam
 from .step import backward_update_, distill_loss

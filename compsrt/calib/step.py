@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import CalibConfig
-from ..model.qmodules import Quantizer, project_quantizers_
+from ..quant.qmodules import Quantizer, project_quantizers_
 from ..model.swinir import SwinIRLight
 from .scalar_adam import ScalarAdam
 

@@ -27,27 +27,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-BITS = (2, 3, 4, 8)
+from .fake_quant_lean import fake_quant_lean
+from .quant_step import BITS, _check_bits, step_and_zero
 
-
-def _check_bits(bits: int) -> int:
-    if bits not in BITS:
-        raise ValueError(f"bits must be 2, 3, 4 or 8, got {bits}")
-    return 2 ** bits - 1
-
-
-def step_and_zero(lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None,
-                  zero_extra: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(s, z) as fp32 0-d tensors, differentiable in every parameter."""
-    qmax = _check_bits(bits)
-    s = (upper.float() - lower.float()) / qmax
-    z = lower.float()
-    if step_extra is not None:
-        s = s + step_extra.float()
-    if zero_extra is not None:
-        z = z + zero_extra.float()
-    return s, z
-
+__all__ = ["BITS", "fake_quant", "fake_quant_ref", "step_and_zero"]
 
 def fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
                    zero_extra: Tensor | None = None, return_codes: bool = False,
@@ -91,7 +74,5 @@ def fake_quant_ref(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extr
 def fake_quant(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
                zero_extra: Tensor | None = None, dc_dim: int | None = None) -> Tensor:
     """Matches :func:`fake_quant_ref`, saving only its input for backward (see fake_quant_lean)."""
-    from .fake_quant_lean import fake_quant_lean  # lazy: that module imports this one
-
     _check_bits(bits)
     return fake_quant_lean(x, lower, upper, bits, step_extra, zero_extra, dc_dim)

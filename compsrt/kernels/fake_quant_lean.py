@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .fake_quant import step_and_zero
+from .quant_step import step_and_zero
 
 
 def _dc(t: Tensor, dim: int) -> Tensor:

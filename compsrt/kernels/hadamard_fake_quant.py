@@ -53,7 +53,9 @@ def _load_triton():
 def hadamard_fake_quant(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
                         zero_extra: Tensor | None = None, dim: int = -1,
                         return_codes: bool = False, keep_dc: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """Matches :func:`hadamard_fake_quant_ref`; CUDA tensors run the fused Triton kernels."""
+    """Matches :func:`hadamard_fake_quant_ref`; CUDA tensors run the fused Triton kernels where
+    they apply (fp32/fp16/bf16, rotated size padding to at most their MAX_N = 128), the reference
+    elsewhere (fp64; C = 180 -> 256), autograd included."""
     _check_bits(bits)
     if not x.is_cuda:
         if return_codes:
@@ -61,4 +63,6 @@ def hadamard_fake_quant(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step
         return fake_quant(hadamard_ref(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim),
                           lower, upper, bits, step_extra, zero_extra, _dc_dim(x, dim, keep_dc)).to(x.dtype)
     tri = _load_triton()
+    if not tri.supports(x, dim):
+        return hadamard_fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes, keep_dc)
     return tri.hadamard_fake_quant_triton(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes, keep_dc)

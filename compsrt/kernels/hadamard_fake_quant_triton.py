@@ -4,10 +4,12 @@ Matches :func:`compsrt.kernels.hadamard_fake_quant.hadamard_fake_quant_ref`, for
 straight-through backward (the formulas are in :mod:`compsrt.kernels.fake_quant`). Own constraints:
 
 - x is fp32, fp16 or bf16 (computed in fp32, returned in x's dtype); the rotated size pads to
-  n <= MAX_N = 128. Anything else (fp64; n = 256, e.g. classic SwinIR's C = 180) runs the
-  reference, autograd included. The kernels are written for n <= 256 and pass the interpreter
-  tests at 256, but compiled that case holds a 256 x 256 H per program and is neither tuned nor
-  verified on a GPU yet: raise MAX_N once benchmarks/gpu_check.sh shows it compiles and pays.
+  n <= MAX_N = 128 (ValueError otherwise). The dispatcher
+  :func:`compsrt.kernels.hadamard_fake_quant.hadamard_fake_quant` sends anything else (fp64;
+  n = 256, e.g. classic SwinIR's C = 180; an empty rotated axis) to the reference, autograd
+  included. The kernels are written for n <= 256 and pass the interpreter tests at 256, but
+  compiled that case holds a 256 x 256 H per program and is neither tuned nor verified on a GPU
+  yet: raise MAX_N once benchmarks/gpu_check.sh shows it compiles and pays.
 - Degenerate steps ``s = (u - l) / qmax + s2 <= 0`` (or NaN) are rejected before the launch,
   checked as ``u > l`` or ``(u - l) + qmax * s2 > 0`` (one to three tiny ops): ``ValueError`` for
   CPU tensors (the interpreter); on CUDA a sync-free ``torch._assert_async``, which fails the next
@@ -15,26 +17,11 @@ straight-through backward (the formulas are in :mod:`compsrt.kernels.fake_quant`
   does). The kernels themselves trust s > 0.
 - Codes of NaN inputs are 0 (their output is NaN), as in the reference.
 
-Why a matmul with H and not a butterfly: the rotated axes are short (16, 64, 128), so one
-``tl.dot`` of a (rows x n) tile with the +-1 matrix H_n is a few tensor-core instructions and
-leaves the kernel memory-bound, while a log2(n)-stage butterfly in Triton needs a reshape and a
-cross-lane layout change per stage. H_n is generated in registers from the bit-parity rule
-H[j, k] = (-1)^popcount(j & k) (no host tensor, no load), once per persistent program. Its
-entries are exact in fp16/bf16, so fp16/bf16 tiles multiply it exactly with fp32 accumulation;
-fp32 tiles are split exactly into three bf16 pieces (x = hi + mid + lo, 24 mantissa bits), so the
-fp32 rotation costs three bf16 MMAs instead of tf32's 10-bit truncation or a slow FMA loop.
-The 1/sqrt(n) normalization is applied in fp32 after the product.
-
-Rounding is half to even, written with floor (exact for every fp32), so it needs no libdevice
-entry point that differs between Triton versions or the interpreter.
-
-Under ``TRITON_INTERPRET=1`` (CPU tensors, the tests on machines without a GPU) the bf16 pieces
-are multiplied as fp32 instead: the interpreter's bf16 ``tl.dot`` is wrong (Triton 3.9), and the
-pieces are exact in both types, so only the operand type of the product changes.
+The rotation (an exact +-1 matmul with a register-generated H_n, fp32 as three exact bf16
+pieces), the half-to-even rounding and the interpreter's operand types are shared with the
+other Hadamard kernels: see :mod:`compsrt.kernels._triton_common`.
 """
 from __future__ import annotations
-
-from functools import lru_cache
 
 import torch
 import triton
@@ -42,75 +29,17 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._triton_common import (FLOAT_DTYPES, cast_out, code_of, dot_dtype, dot_pm1, quantize, rotate_rows, row_index,
+                             row_tile_config, rotated_shape, rotated_strides, rows_view, sylvester_block)
 from .fake_quant import _check_bits
 from .hadamard import next_pow2
-from .hadamard_fake_quant import hadamard_fake_quant_ref
 
-MAX_N = 128  # largest padded size the launcher sends to the kernels (they are written for 256)
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_N = 128  # largest padded size the launcher takes (the kernels are written for 256)
 
 
 # --------------------------------------------------------------------------------------------
 # Device helpers
 # --------------------------------------------------------------------------------------------
-@triton.jit
-def _sylvester_block(N: tl.constexpr, NP: tl.constexpr):
-    """Unnormalized Sylvester H_N (+-1) in the top-left N x N corner of an NP x NP block of zeros."""
-    j = tl.arange(0, NP)[:, None]
-    k = tl.arange(0, NP)[None, :]
-    p = j & k
-    p = p ^ (p >> 8)  # fold the index bits (NP <= 65536) down to their parity in bit 0
-    p = p ^ (p >> 4)
-    p = p ^ (p >> 2)
-    p = p ^ (p >> 1)
-    h = tl.where((p & 1) == 1, -1.0, 1.0)
-    return tl.where((j < N) & (k < N), h, 0.0)
-
-
-@triton.jit
-def _bf16_head(v):
-    """v with its low 16 bits cleared: exactly representable in bf16 (truncation, never inf)."""
-    return (v.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _dot_pm1(v, h, SPLIT_F32: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """v @ h in fp32 for h with entries in {-1, 0, 1}: every product exact, fp32 accumulation."""
-    hd = h.to(DOT_DTYPE)
-    if SPLIT_F32:
-        vf = v.to(tl.float32)
-        hi = _bf16_head(vf)
-        r1 = tl.where(hi == vf, 0.0, vf - hi)  # exact; the test keeps +-inf from becoming inf - inf
-        mid = _bf16_head(r1)
-        lo = r1 - mid                           # <= 8 significant bits left: exact in bf16
-        acc = tl.dot(lo.to(DOT_DTYPE), hd)
-        acc = tl.dot(mid.to(DOT_DTYPE), hd, acc)
-        acc = tl.dot(hi.to(DOT_DTYPE), hd, acc)
-    else:
-        acc = tl.dot(v.to(DOT_DTYPE), hd)
-    return acc
-
-
-@triton.jit
-def _cast_out(v, OUT_DTYPE: tl.constexpr):
-    """fp32 -> OUT_DTYPE, round to nearest even. bf16 is rounded by hand: the interpreter's own
-    fp32 -> bf16 cast truncates (Triton 3.9); compiled, both ways give the same bits."""
-    if OUT_DTYPE == tl.bfloat16:
-        b = v.to(tl.uint32, bitcast=True)
-        b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
-        v = tl.where(v != v, v, b.to(tl.float32, bitcast=True))  # keep NaN (0x7FFFFFFF would wrap)
-    return v.to(OUT_DTYPE)
-
-
-@triton.jit
-def _round_half_even(y):
-    f = tl.floor(y)
-    d = y - f                                   # exact: the fraction of a float is a float
-    half = f * 0.5
-    odd = (half - tl.floor(half)) != 0.0
-    return tl.where((d > 0.5) | ((d == 0.5) & odd), f + 1.0, f)  # NaN stays NaN
-
-
 @triton.jit
 def _load_params(lower_ptr, upper_ptr, step_extra_ptr, zero_extra_ptr, qmax,
                  HAS_STEP_EXTRA: tl.constexpr, HAS_ZERO_EXTRA: tl.constexpr):
@@ -124,40 +53,6 @@ def _load_params(lower_ptr, upper_ptr, step_extra_ptr, zero_extra_ptr, qmax,
     if HAS_ZERO_EXTRA:
         z = z + tl.load(zero_extra_ptr).to(tl.float32)
     return lo, hi, s, z
-
-
-@triton.jit
-def _row_index(blk, M, K, BLOCK_M: tl.constexpr, SPLIT_ROWS: tl.constexpr):
-    """Rows blk*BLOCK_M.. of the (B, ., K) view as (b, k) int64 pairs, plus the in-range mask."""
-    rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)
-    ok = rows < M
-    if SPLIT_ROWS:
-        rb = rows // K
-        rk = rows - rb * K
-    else:
-        rb = rows
-        rk = rows * 0
-    return rb.to(tl.int64), rk.to(tl.int64), ok
-
-
-@triton.jit
-def _rotate(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
-            NP: tl.constexpr, INV_SQRT_N: tl.constexpr, SPLIT_F32: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """pad(x) @ H_n / sqrt(n) for one tile of rows, fp32 (BLOCK_M, NP); columns >= n are 0."""
-    cols = tl.arange(0, NP)
-    offs = rb[:, None] * stride_xb + rk[:, None] * stride_xk + cols[None, :] * stride_xc
-    v = tl.load(x_ptr + offs, mask=row_ok[:, None] & (cols[None, :] < C), other=0.0)
-    return _dot_pm1(v, h, SPLIT_F32, DOT_DTYPE) * INV_SQRT_N
-
-
-@triton.jit
-def _quantize(xr, lo, hi, s, z, qmax):
-    """(y, r, q): scaled value (c - z) / s, its rounding, and the clamped code (all fp32)."""
-    c = tl.where(xr < lo, lo, tl.where(xr > hi, hi, xr))  # where, not minimum: NaN must survive
-    y = tl.math.div_rn(c - z, s)
-    r = _round_half_even(y)
-    q = tl.where(r < 0.0, 0.0, tl.where(r > qmax, qmax, r))
-    return y, r, q
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,21 +86,21 @@ def _hadamard_fake_quant_kernel(
 ):
     lo, hi, s, z = _load_params(lower_ptr, upper_ptr, step_extra_ptr, zero_extra_ptr, qmax,
                                 HAS_STEP_EXTRA, HAS_ZERO_EXTRA)
-    h = _sylvester_block(N, NP)
+    h = sylvester_block(N, NP)
     cols = tl.arange(0, NP)
     for blk in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):  # persistent
-        rb, rk, row_ok = _row_index(blk, M, K, BLOCK_M, SPLIT_ROWS)
-        xr = _rotate(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
+        rb, rk, row_ok = row_index(blk, M, K, BLOCK_M, SPLIT_ROWS)
+        xr = rotate_rows(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
                      NP, INV_SQRT_N, SPLIT_F32, DOT_DTYPE)
-        y, r, q = _quantize(xr, lo, hi, s, z, qmax)
+        y, r, q = quantize(xr, lo, hi, s, z, qmax)
         offs = rb[:, None] * stride_ob + rk[:, None] * stride_ok + cols[None, :] * stride_oc
         mask = row_ok[:, None] & (cols[None, :] < N)
         val = s * q + z
         if KEEP_DC:
             val = tl.where(cols[None, :] == 0, xr, val)
-        tl.store(out_ptr + offs, _cast_out(val, out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + offs, cast_out(val, out_ptr.dtype.element_ty), mask=mask)
         if WRITE_CODES:
-            tl.store(codes_ptr + offs, tl.where(q == q, q, 0.0).to(tl.uint8), mask=mask)
+            tl.store(codes_ptr + offs, code_of(q).to(tl.uint8), mask=mask)
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -227,17 +122,17 @@ def _hadamard_fake_quant_bwd_kernel(
 ):
     lo, hi, s, z = _load_params(lower_ptr, upper_ptr, step_extra_ptr, zero_extra_ptr, qmax,
                                 HAS_STEP_EXTRA, HAS_ZERO_EXTRA)
-    h = _sylvester_block(N, NP)
+    h = sylvester_block(N, NP)
     cols = tl.arange(0, NP)
     acc_s = tl.zeros((NP,), tl.float32)  # d x_hat/d s * g, summed over rows (columns kept)
     acc_z = tl.zeros((NP,), tl.float32)  # d x_hat/d z * g
     acc_l = tl.zeros((NP,), tl.float32)  # clip path to l
     acc_u = tl.zeros((NP,), tl.float32)  # clip path to u
     for blk in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
-        rb, rk, row_ok = _row_index(blk, M, K, BLOCK_M, SPLIT_ROWS)
-        xr = _rotate(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
+        rb, rk, row_ok = row_index(blk, M, K, BLOCK_M, SPLIT_ROWS)
+        xr = rotate_rows(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
                      NP, INV_SQRT_N, SPLIT_F32, DOT_DTYPE)
-        y, r, q = _quantize(xr, lo, hi, s, z, qmax)
+        y, r, q = quantize(xr, lo, hi, s, z, qmax)
         g_offs = rb[:, None] * stride_gb + rk[:, None] * stride_gk + cols[None, :] * stride_gc
         g = tl.load(grad_out_ptr + g_offs, mask=row_ok[:, None] & (cols[None, :] < N), other=0.0)
         gf = g.to(tl.float32)
@@ -250,9 +145,9 @@ def _hadamard_fake_quant_bwd_kernel(
             is_dc = cols[None, :] == 0
             gm = tl.where(is_dc, g, gm)
             gf = tl.where(is_dc, 0.0, gf)
-        gx = _dot_pm1(gm, h, SPLIT_F32, DOT_DTYPE) * INV_SQRT_N
+        gx = dot_pm1(gm, h, SPLIT_F32, DOT_DTYPE) * INV_SQRT_N
         d_offs = rb[:, None] * stride_db + rk[:, None] * stride_dk + cols[None, :] * stride_dc
-        tl.store(grad_x_ptr + d_offs, _cast_out(gx, grad_x_ptr.dtype.element_ty),
+        tl.store(grad_x_ptr + d_offs, cast_out(gx, grad_x_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & (cols[None, :] < C))
         acc_s += tl.sum(tl.where(inrange, q - y, tl.where(sat, q, 0.0)) * gf, axis=0)
         acc_z += tl.sum(tl.where(sat, gf, 0.0), axis=0)
@@ -271,48 +166,6 @@ def _hadamard_fake_quant_bwd_kernel(
 # --------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------
-@lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _config(n: int, device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_M, num_warps, max programs). Fixed per shape class: the kernels are memory-bound."""
-    if device.type != "cuda":
-        return 32, 4, 3  # interpreter: small tiles, a few programs so the persistent loop and tails run
-    block_m = 128 if n <= 16 else 64 if n <= 128 else 32
-    num_warps = 4 if n <= 64 else 8
-    return block_m, num_warps, _sm_count(device.index or 0) * (32 // num_warps)
-
-
-def _dot_dtype(x: Tensor):
-    """(SPLIT_F32, DOT_DTYPE) for x's dtype; see the module docstring for the interpreter case."""
-    if x.dtype == torch.float16:
-        return False, tl.float16
-    exact_bf16 = tl.bfloat16 if x.is_cuda else tl.float32
-    return x.dtype == torch.float32, exact_bf16
-
-
-def _views(x: Tensor, last: bool):
-    """x as (B, C, K) with strides (b, k, c); dim=-1 uses K = 1."""
-    if last:
-        x2 = x.reshape(-1, x.shape[-1])
-        return x2, x2.shape[0], 1, (x2.stride(0), 0, x2.stride(1))
-    x3 = x.reshape(-1, x.shape[-2], x.shape[-1])
-    return x3, x3.shape[0] * x3.shape[2], x3.shape[2], (x3.stride(0), x3.stride(2), x3.stride(1))
-
-
-def _out_shape(x: Tensor, last: bool, n: int) -> tuple[int, ...]:
-    return (*x.shape[:-1], n) if last else (*x.shape[:-2], n, x.shape[-1])
-
-
-def _out_strides(out_shape: tuple[int, ...], last: bool) -> tuple[int, int, int]:
-    """(b, k, rotated) strides of a contiguous output."""
-    if last:
-        return out_shape[-1], 0, 1
-    return out_shape[-2] * out_shape[-1], 1, out_shape[-1]
-
-
 def _common(x: Tensor, dim: int, bits: int, step_extra, zero_extra):
     last = dim in (-1, x.ndim - 1)
     c = x.shape[-1 if last else -2]
@@ -324,21 +177,21 @@ def _common(x: Tensor, dim: int, bits: int, step_extra, zero_extra):
 
 def _launch_forward(x, lower, upper, step_extra, zero_extra, bits, dim, return_codes, keep_dc):
     last, c, n, meta = _common(x, dim, bits, step_extra, zero_extra)
-    out_shape = _out_shape(x, last, n)
+    out_shape = rotated_shape(x, last, n)
     out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
     codes = torch.empty(out_shape, dtype=torch.uint8, device=x.device) if return_codes else None
-    xv, m, k, (sxb, sxk, sxc) = _views(x, last)
+    xv, m, k, (sxb, sxk, sxc) = rows_view(x, last)
     if m == 0:
         return out, codes
-    block_m, num_warps, max_programs = _config(n, x.device)
+    block_m, num_warps, max_programs = row_tile_config(n, x.device)
     grid = (min(triton.cdiv(m, block_m), max_programs),)
-    split_f32, dot_dtype = _dot_dtype(x)
-    sob, sok, soc = _out_strides(out_shape, last)
+    split_f32, dot_ty = dot_dtype(x)
+    sob, sok, soc = rotated_strides(out_shape, last)
     _hadamard_fake_quant_kernel[grid](
         xv, out, out if codes is None else codes,
         lower, upper, lower if step_extra is None else step_extra, lower if zero_extra is None else zero_extra,
         m, k, c, sxb, sxk, sxc, sob, sok, soc, float(2 ** bits - 1),
-        WRITE_CODES=codes is not None, KEEP_DC=keep_dc, SPLIT_ROWS=k > 1, SPLIT_F32=split_f32, DOT_DTYPE=dot_dtype,
+        WRITE_CODES=codes is not None, KEEP_DC=keep_dc, SPLIT_ROWS=k > 1, SPLIT_F32=split_f32, DOT_DTYPE=dot_ty,
         BLOCK_M=block_m, num_warps=num_warps, enable_fp_fusion=False, **meta)
     return out, codes
 
@@ -347,20 +200,20 @@ def _launch_backward(x, grad_out, lower, upper, step_extra, zero_extra, bits, di
     """(grad_x, sums): sums = fp32 [d/dl, d/du, d/ds2, d/dz2] of sum(grad_out * x_hat)."""
     last, c, n, meta = _common(x, dim, bits, step_extra, zero_extra)
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    xv, m, k, (sxb, sxk, sxc) = _views(x, last)
+    xv, m, k, (sxb, sxk, sxc) = rows_view(x, last)
     if m == 0:
         return grad_x, torch.zeros(4, dtype=torch.float32, device=x.device)
-    gv, _, _, (sgb, sgk, sgc) = _views(grad_out.to(x.dtype), last)
-    _, _, _, (sdb, sdk, sdc) = _views(grad_x, last)
-    block_m, num_warps, max_programs = _config(n, x.device)
+    gv, _, _, (sgb, sgk, sgc) = rows_view(grad_out.to(x.dtype), last)
+    _, _, _, (sdb, sdk, sdc) = rows_view(grad_x, last)
+    block_m, num_warps, max_programs = row_tile_config(n, x.device)
     programs = min(triton.cdiv(m, block_m), max_programs)
     partial = torch.empty((programs, 4), dtype=torch.float32, device=x.device)
-    split_f32, dot_dtype = _dot_dtype(x)
+    split_f32, dot_ty = dot_dtype(x)
     _hadamard_fake_quant_bwd_kernel[(programs,)](
         xv, gv, grad_x, partial,
         lower, upper, lower if step_extra is None else step_extra, lower if zero_extra is None else zero_extra,
         m, k, c, sxb, sxk, sxc, sgb, sgk, sgc, sdb, sdk, sdc, float(2 ** bits - 1),
-        KEEP_DC=keep_dc, SPLIT_ROWS=k > 1, SPLIT_F32=split_f32, DOT_DTYPE=dot_dtype,
+        KEEP_DC=keep_dc, SPLIT_ROWS=k > 1, SPLIT_F32=split_f32, DOT_DTYPE=dot_ty,
         BLOCK_M=block_m, num_warps=num_warps, enable_fp_fusion=False, **meta)
     return grad_x, partial.sum(0)
 
@@ -413,6 +266,15 @@ def _check_step(x: Tensor, lower: Tensor, upper: Tensor, step_extra: Tensor | No
         raise ValueError(f"{msg}, got {float(s):.6g}")
 
 
+def supports(x: Tensor, dim: int) -> bool:
+    """Whether the fused kernels take x rotated along dim (-1 or -2): fp32/fp16/bf16 and
+    1 <= x.shape[dim] <= MAX_N. The dispatcher runs the reference for the rest."""
+    if dim not in (-1, -2, x.ndim - 1, x.ndim - 2) or x.ndim < 1:
+        return False
+    c = x.shape[dim]
+    return x.dtype in FLOAT_DTYPES and 0 < c and next_pow2(c) <= MAX_N
+
+
 def hadamard_fake_quant_triton(x: Tensor, lower: Tensor, upper: Tensor, bits: int, step_extra: Tensor | None = None,
                                zero_extra: Tensor | None = None, dim: int = -1,
                                return_codes: bool = False, keep_dc: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -420,8 +282,7 @@ def hadamard_fake_quant_triton(x: Tensor, lower: Tensor, upper: Tensor, bits: in
 
     Args:
         x: (..., C) for dim=-1 or (..., C, K) for dim=-2; fp32, fp16 or bf16, any strides; CUDA, or
-            CPU under ``TRITON_INTERPRET=1``. C pads to n = next power of two (n <= MAX_N, else the
-            reference runs).
+            CPU under ``TRITON_INTERPRET=1``. C >= 1 pads to n = next power of two <= MAX_N.
         lower, upper, step_extra, zero_extra: one-element float tensors l, u, s2, z2 (None = 0 and
             no gradient); moved to x's device if needed.
         bits: 2, 3, 4 or 8.
@@ -434,7 +295,7 @@ def hadamard_fake_quant_triton(x: Tensor, lower: Tensor, upper: Tensor, bits: in
         if asked for. Differentiable in x, lower, upper, step_extra and zero_extra.
     Raises:
         ValueError: bits not in (2, 3, 4, 8), keep_dc with return_codes, dim not one of the last two
-            axes, a parameter that is not a one-element float tensor, or (CPU tensors) a step
+            axes, x that :func:`supports` rejects, a parameter that is not a one-element float tensor, or (CPU tensors) a step
             s <= 0. On CUDA, s <= 0 raises a device-side assert at the next synchronization instead.
 
     Example:
@@ -446,8 +307,10 @@ def hadamard_fake_quant_triton(x: Tensor, lower: Tensor, upper: Tensor, bits: in
     dim = -1 if dim in (-1, x.ndim - 1) else -2
     if keep_dc and return_codes:
         raise ValueError("return_codes needs keep_dc=False: the DC coefficient has no code")
-    if x.dtype not in _DTYPES or x.shape[dim] == 0 or next_pow2(x.shape[dim]) > MAX_N:
-        return hadamard_fake_quant_ref(x, lower, upper, bits, step_extra, zero_extra, dim, return_codes, keep_dc)
+    if not supports(x, dim):
+        raise ValueError(f"the fused kernels take fp32/fp16/bf16 with 1 <= size <= {MAX_N} along dim, got "
+                         f"{x.dtype} {tuple(x.shape)} (dim={dim}); hadamard_fake_quant runs the reference "
+                         "for the rest")
     lower, upper = _param(lower, "lower", x.device), _param(upper, "upper", x.device)
     step_extra, zero_extra = _param(step_extra, "step_extra", x.device), _param(zero_extra, "zero_extra", x.device)
     _check_step(x, lower, upper, step_extra, qmax)

@@ -6,8 +6,9 @@ Differences from the official definition that do not change results:
   size other than 64x64);
 - the relative-position index is a non-persistent buffer (official files that store it, and
   the per-block ``attn_mask`` buffers, load fine: the loader drops them after checking);
-- attention runs through ``scaled_dot_product_attention`` unless a subclass overrides
-  ``WindowAttention.attend`` (the quantized model does, to quantize q, k, attn and v).
+- the two attention products live in their own small module, :class:`Attend`, which the
+  quantization plan names as a site: calibration swaps it for a fake-quantized one and the
+  packed runtime for an integer one (nothing else in the model changes).
 """
 from __future__ import annotations
 
@@ -66,6 +67,16 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class Attend(nn.Module):
+    """softmax(q k^T * scale + bias) v. q, k, v: (B, nW, heads, N, d); bias broadcasts."""
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
+        # Explicit rather than scaled_dot_product_attention: with a float mask the CPU
+        # SDPA falls back to a path ~3x slower (masked-row checks) for these 64-token windows.
+        logits = (q * scale) @ k.transpose(-2, -1) + bias.to(q.dtype)
+        return logits.softmax(-1).to(v.dtype) @ v
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside 8x8 windows with a learned relative-position bias."""
 
@@ -79,6 +90,7 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(ws), persistent=False)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.attend = Attend()
 
     def position_bias(self) -> Tensor:
         """(heads, N, N) bias gathered from the table."""
@@ -92,13 +104,6 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).view(b_, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        """softmax(q k^T * scale + bias) v. q, k, v: (B, nW, heads, N, d); bias broadcasts."""
-        # Explicit rather than scaled_dot_product_attention: with a float mask the CPU
-        # SDPA falls back to a path ~3x slower (masked-row checks) for these 64-token windows.
-        logits = (q * self.scale) @ k.transpose(-2, -1) + bias.to(q.dtype)
-        return logits.softmax(-1).to(v.dtype) @ v
-
     def forward(self, x: Tensor, n_windows: int, mask: Tensor | None) -> Tensor:
         """x: (B * nW, N, C) windows; mask: (nW, N, N) or None. Returns (B * nW, N, C)."""
         b_, n, c = x.shape
@@ -107,7 +112,7 @@ class WindowAttention(nn.Module):
         bias = self.position_bias()  # (heads, N, N)
         if mask is not None:
             bias = bias + mask[:, None]  # (nW, heads, N, N)
-        out = self.attend(q.reshape(shape5), k.reshape(shape5), v.reshape(shape5), bias)
+        out = self.attend(q.reshape(shape5), k.reshape(shape5), v.reshape(shape5), bias, self.scale)
         out = out.reshape(b_, self.heads, n, self.head_dim).transpose(1, 2).reshape(b_, n, c)
         return self.proj(out)
 

@@ -4,6 +4,7 @@ round-trip, and the CLI turns bad flags into one-line errors."""
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,9 @@ from compsrt.calib.methods import METHODS, method_config
 from compsrt.config import CalibConfig, QuantConfig, SwinIRConfig
 from compsrt.data import Pair
 from compsrt.kernels import hadamard
-from compsrt.model.compress import (compress_, load_calibrated, quant_parameters, refresh_weight_domains,
+from compsrt.quant.compress import (compress_, load_calibrated, quant_parameters, refresh_weight_domains,
                                     save_calibrated, set_calibrating)
-from compsrt.model.qmodules import QuantLinear, WeightQuantizer, quantizers
+from compsrt.quant.qmodules import QuantLinear, WeightQuantizer, quantizers
 from compsrt.model.swinir import SwinIRLight
 
 TINY = SwinIRConfig(scale=2, embed_dim=12, depths=(2,), num_heads=(2,))
@@ -86,10 +87,10 @@ def tiny_batch() -> torch.Tensor:
 
 def quantized(fp: SwinIRLight, cfg: QuantConfig, x: torch.Tensor) -> SwinIRLight:
     m = compress_(copy.deepcopy(fp), cfg)
-    set_calibrating(m, True, max_elems=1 << 14)
+    set_calibrating(m, partial(dobi, max_elems=1 << 14))
     with torch.no_grad():
         m(x)
-    set_calibrating(m, False)
+    set_calibrating(m, None)
     return m
 
 
@@ -244,10 +245,10 @@ def test_exact_dc_helps_offsets():
         with torch.no_grad():
             lin.weight.copy_(w)
         refresh_weight_domains(lin)
-        set_calibrating(lin, True)
+        set_calibrating(lin, dobi)
         with torch.no_grad():
             lin(x)
-        set_calibrating(lin, False)
+        set_calibrating(lin, None)
         with torch.no_grad():
             errs[dc] = ((lin(x) - (x @ w.T + lin.bias)) ** 2).mean().item()
     assert errs[True] < errs[False] / 4
@@ -455,7 +456,7 @@ def test_calibrated_checkpoint_runs_in_infer_and_eval(fp_model, batch, tmp_path,
 
 def test_damaged_checkpoint_is_a_clear_error(fp_model, batch, tmp_path):
     from compsrt.errors import CompsrtError
-    from compsrt.model.load import load_model
+    from compsrt.load import load_model
     from safetensors.torch import load_file, save_file
 
     m = quantized(fp_model, QuantConfig(bits=4, prune=0.4), batch)

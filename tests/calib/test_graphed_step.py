@@ -22,8 +22,8 @@ from compsrt.calib.calibrate import _optimizer, calibrate, cosine_lr_, search_bo
 from compsrt.calib.graphed_step import graph_unsupported
 from compsrt.calib.step import update_
 from compsrt.config import CalibConfig, QuantConfig
-from compsrt.model.compress import compress_, quant_parameters
-from compsrt.model.qmodules import quantizers
+from compsrt.quant.compress import compress_, quant_parameters
+from compsrt.quant.qmodules import quantizers
 from test_calibrate import fit_tiny_model, smooth_images
 
 

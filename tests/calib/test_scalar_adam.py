@@ -9,7 +9,7 @@ import torch
 
 from compsrt.calib.scalar_adam import ScalarAdam
 from compsrt.config import QuantConfig
-from compsrt.model.qmodules import Quantizer, project_quantizers_
+from compsrt.quant.qmodules import Quantizer, project_quantizers_
 
 
 def _scalars(n: int, seed: int) -> list[torch.nn.Parameter]:

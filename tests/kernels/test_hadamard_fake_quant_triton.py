@@ -226,16 +226,18 @@ def test_no_grad_path_and_parameter_shapes(device):
     assert all(p.grad.shape == (1,) for p in ps)
 
 
-def test_empty_and_fallbacks(device):
+def test_empty_and_unsupported(device):
+    """No rows is fine; fp64, n > MAX_N and an empty rotated axis are refused by the launcher
+    (the dispatcher sends them to the reference: test_dispatcher_falls_back_on_cuda)."""
     params = _params(device, 4)
     empty = hfq.hadamard_fake_quant_triton(torch.zeros(0, 60, device=device), params[0], params[1], 4)
     assert empty.shape == (0, 64)
-    x64 = _x((20, 60), torch.float64, device)   # fp64 and n > MAX_N run the reference
-    ref = hadamard_fake_quant_ref(x64, params[0], params[1], 4)
-    assert hfq.hadamard_fake_quant_triton(x64, params[0], params[1], 4).equal(ref)
-    wide = _x((4, 180), torch.float32, device)
-    ref = hadamard_fake_quant_ref(wide, params[0], params[1], 4)
-    assert hfq.hadamard_fake_quant_triton(wide, params[0], params[1], 4).equal(ref)
+    for x, dim in [(_x((20, 60), torch.float64, device), -1), (_x((4, 180), torch.float32, device), -1),
+                   (torch.zeros(3, 0, 5, device=device), -2)]:
+        assert not hfq.supports(x, dim)
+        with pytest.raises(ValueError, match="reference"):
+            hfq.hadamard_fake_quant_triton(x, params[0], params[1], 4, dim=dim)
+    assert hfq.supports(_x((4, 128), torch.bfloat16, device), -1)
 
 
 def test_argument_errors(device):
@@ -276,6 +278,16 @@ def test_dispatcher_uses_the_reference_on_cpu():
     x = _x((16, 60), torch.float32, "cpu")
     lower, upper = torch.tensor(-1.0), torch.tensor(1.0)
     assert hadamard_fake_quant(x, lower, upper, 4).equal(hadamard_fake_quant_ref(x, lower, upper, 4))
+
+
+@pytest.mark.cuda
+def test_dispatcher_falls_back_on_cuda(device):
+    if device.type != "cuda":
+        pytest.skip("needs a CUDA GPU")
+    params = _params(device, 4)
+    for x in (_x((20, 60), torch.float64, device), _x((4, 180), torch.float32, device)):
+        got = hadamard_fake_quant(x, params[0], params[1], 4)
+        assert got.equal(hadamard_fake_quant_ref(x, params[0], params[1], 4))
 
 
 @pytest.mark.cuda

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from compsrt.config import SwinIRConfig
 from compsrt.errors import CompsrtError
-from compsrt.model.load import checkpoint_kind, load_model
+from compsrt.load import checkpoint_kind, load_model
 from compsrt.model.swinir import SwinIRLight
 from compsrt.model.weights import infer_swinir_config, load_swinir, read_state_dict, save_state_dict
 

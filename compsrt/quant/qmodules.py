@@ -6,21 +6,24 @@ Every quantized product ``y = a @ b`` goes through two quantizers, one per opera
 "official" each operand is quantized in the rotated domain, then rotated back and cropped;
 with "none" (2DQuant) nothing is rotated.
 
-A quantizer searches its bounds (DOBI) the first time it runs in ``calibrating`` mode and
-fake-quantizes from then on; its four scalars (l, u, s2, z2) are the trainable parameters.
+While calibration sets a bound search on it (:func:`compsrt.quant.compress.set_calibrating`,
+DOBI in practice), a quantizer searches its bounds on every tensor it receives, then
+fake-quantizes with them; its four scalars (l, u, s2, z2) are the trainable parameters.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..calib.dobi import dobi
 from ..config import QuantConfig
 from ..kernels import fake_quant, hadamard, hadamard_fake_quant
 
 STEP_EPS = 1e-8
+
+# search(tensor in the quantization domain, bits, one_sided=...) -> (lower, upper): a bound search.
+BoundSearch = Callable[..., tuple[float, float]]
 
 
 class Quantizer(nn.Module):
@@ -34,8 +37,7 @@ class Quantizer(nn.Module):
         self.upper = nn.Parameter(torch.tensor(1.0), requires_grad=cfg.train_bounds)
         self.step_extra = nn.Parameter(torch.tensor(0.0), requires_grad=cfg.decompose)
         self.zero_extra = nn.Parameter(torch.tensor(0.0), requires_grad=cfg.decompose)
-        self.calibrating = False
-        self.search_kw: dict = {}
+        self.searcher: BoundSearch | None = None   # set while calibrating
         self.dim = -1
         # In the deployable rotation, coefficient 0 of the rotated axis (the scaled sum, "DC")
         # stays FP: it is where a shared offset concentrates (softmax rows sum to 1, post-GELU
@@ -50,13 +52,17 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def search(self, t: Tensor) -> None:
-        """Set (l, u) by DOBI on ``t`` (already in the quantization domain); extras reset to 0."""
+        """Set (l, u) by the bound search on ``t`` (already in the quantization domain); extras reset to 0."""
         one_sided = self.one_sided and bool(t.min() >= 0)
-        lo, hi = dobi(t, self.bits, one_sided=one_sided, **self.search_kw)
+        lo, hi = self.searcher(t, self.bits, one_sided=one_sided)
         self.lower.fill_(lo)
         self.upper.fill_(hi)
         self.step_extra.zero_()
         self.zero_extra.zero_()
+
+    @property
+    def calibrating(self) -> bool:
+        return self.searcher is not None
 
     def step(self) -> Tensor:
         return (self.upper - self.lower) / (2 ** self.bits - 1) + self.step_extra

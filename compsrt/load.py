@@ -10,8 +10,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import CompsrtError
-from .weights import bundled_weights, load_swinir
+from .errors import CompsrtError
+from .model.weights import bundled_weights, load_swinir
 
 ARCHS = ("swinir-light", "mambairv2-light")
 
@@ -48,14 +48,14 @@ def load_model(weights: Path | None, scale: int, arch: str = "swinir-light") -> 
     if not path.is_file():
         raise CompsrtError(f"{path}: weights file not found")
     if arch == "mambairv2-light":
-        from .mambairv2 import load_mambairv2
+        from .model.mambairv2 import load_mambairv2
 
         return load_mambairv2(path, scale).eval()
     kind = checkpoint_kind(path)
     if kind == "fp":
         return load_swinir(path, scale)
     if kind == "compsrt-calibrated":
-        from .compress import load_calibrated
+        from .quant.compress import load_calibrated
 
         return load_calibrated(path, scale).eval()
     raise CompsrtError(f"{path}: unknown checkpoint format {kind!r}; is this compsrt version too old?")

@@ -1,12 +1,15 @@
-"""``compress_(model, cfg)``: turn an FP SwinIR-light into its quantized (and pruned) form.
+"""``compress_(model, cfg)``: turn an FP model into its fake-quantized (and pruned) form.
 
-Per Swin block: qkv (split into q, k, v, each with its own weight and input quantizer),
-proj, fc1, fc2 become :class:`QuantLinear`; the attention's two products go through
-:class:`QuantAttend`. Convs, norms, biases and the relative-position bias stay FP.
+The model's :class:`~compsrt.quant.plan.QuantPlan` names the sites: each Linear becomes a
+:class:`QuantLinear` (qkv split into q, k, v, each with its own weight and input quantizer),
+each attention site a :class:`QuantAttend`. Convs, norms, biases and the relative-position
+bias stay FP.
 
-A calibrated checkpoint is one safetensors file: the FP tensors under their official names,
-every quantizer's l, u, s2, z2, the pruning masks (uint8), and a JSON header (``compsrt``
-metadata key) holding the format, version, architecture and both configs. No pickle.
+A calibrated checkpoint (format "compsrt-calibrated", the training form) is one safetensors
+file: the FP tensors under their official names, every quantizer's l, u, s2, z2, the pruning
+masks (uint8), and a JSON header (``compsrt`` metadata key) holding the format, version,
+architecture and both configs. No pickle. What ships is the packed file made from it
+(:mod:`compsrt.quant.pack`).
 """
 from __future__ import annotations
 
@@ -19,26 +22,12 @@ from torch import Tensor, nn
 
 from ..config import QuantConfig, SwinIRConfig
 from ..errors import CompsrtError
-from .qmodules import QuantAttend, QuantLinear, WeightQuantizer, quantizers
-from .swinir import SwinIRLight, WindowAttention
+from ..model.swinir import Attend, SwinIRLight
+from .plan import plan_for
+from .qmodules import BoundSearch, QuantAttend, QuantLinear, WeightQuantizer, quantizers
 
 FORMAT = "compsrt-calibrated"
 VERSION = 1
-
-
-class QuantWindowAttention(WindowAttention):
-    """WindowAttention whose q.k^T and attn.v products are quantized."""
-
-    def __init__(self, fp: WindowAttention, cfg: QuantConfig) -> None:
-        ws = int(round((fp.relative_position_index.shape[0]) ** 0.5))
-        super().__init__(fp.qkv.in_features, ws, fp.heads)
-        self.load_state_dict(fp.state_dict())
-        self.qkv = QuantLinear(fp.qkv, cfg, splits=3)
-        self.proj = QuantLinear(fp.proj, cfg)
-        self.quant = QuantAttend(cfg)
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        return self.quant(q, k, v, bias, self.scale)
 
 
 def prune_mask(w_dom: Tensor, frac: float, mode: str) -> Tensor:
@@ -57,18 +46,23 @@ def prune_mask(w_dom: Tensor, frac: float, mode: str) -> Tensor:
 
 
 def compress_(model: SwinIRLight, cfg: QuantConfig) -> SwinIRLight:
-    """Swap the quantized modules in place (FP weights frozen); returns ``model``.
+    """Swap the plan's sites for fake-quant modules in place (FP weights frozen); returns ``model``.
 
     Pruning masks are fixed here, from the FP weights in the quantization domain, before any
     bound search.
     """
     for p in model.parameters():
         p.requires_grad_(False)
-    for layer in model.layers:
-        for blk in layer.residual_group.blocks:
-            blk.attn = QuantWindowAttention(blk.attn, cfg)
-            blk.mlp.fc1 = QuantLinear(blk.mlp.fc1, cfg)
-            blk.mlp.fc2 = QuantLinear(blk.mlp.fc2, cfg)
+    plan = plan_for(model)
+    for site in plan.linears:
+        fp = model.get_submodule(site.path)
+        if not isinstance(fp, nn.Linear):
+            raise ValueError(f"{site.path}: expected an FP nn.Linear, got {type(fp).__name__} (compressed twice?)")
+        model.set_submodule(site.path, QuantLinear(fp, cfg, splits=site.splits))
+    for site in plan.attentions:
+        if not isinstance(model.get_submodule(site.path), Attend):
+            raise ValueError(f"{site.path}: expected an FP Attend")
+        model.set_submodule(site.path, QuantAttend(cfg))
     if cfg.prune > 0:
         for m in model.modules():
             if isinstance(m, WeightQuantizer):
@@ -77,10 +71,11 @@ def compress_(model: SwinIRLight, cfg: QuantConfig) -> SwinIRLight:
     return model
 
 
-def set_calibrating(model: nn.Module, on: bool, **search_kw) -> None:
+def set_calibrating(model: nn.Module, search: BoundSearch | None) -> None:
+    """Make every quantizer search its bounds with ``search`` on what it receives (DOBI:
+    ``functools.partial(compsrt.calib.dobi.dobi, ...)``); None ends the search."""
     for q in quantizers(model):
-        q.calibrating = on
-        q.search_kw = search_kw
+        q.searcher = search
 
 
 def quant_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -128,7 +123,7 @@ def load_calibrated(path: Path, scale: int | None = None) -> SwinIRLight:
     """Rebuild a calibrated model from :func:`save_calibrated`'s file, validating every tensor."""
     from safetensors.torch import load_file
 
-    from .weights import load_into
+    from ..model.weights import load_into
 
     h = _header(path)
     cfg: SwinIRConfig = h["swinir"]
@@ -147,7 +142,8 @@ def load_calibrated(path: Path, scale: int | None = None) -> SwinIRLight:
                 m.set_mask(sd[key] != 0)
             elif h["quant"].prune > 0:
                 raise CompsrtError(f"{path}: pruning {h['quant'].prune} declared but {key} is missing")
-    sd = {k: (v != 0 if k.endswith(".mask") else v) for k, v in sd.items()}
+    # Files written before the attention products became their own site named them attn.quant.*.
+    sd = {k.replace(".attn.quant.", ".attn.attend."): (v != 0 if k.endswith(".mask") else v) for k, v in sd.items()}
     load_into(model, sd, str(path))
     refresh_weight_domains(model)  # the FP weights changed after construction
     model.provenance = h["provenance"]

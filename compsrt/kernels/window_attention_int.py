@@ -1,0 +1,101 @@
+"""Window attention with both products on integer codes: the packed runtime's attention.
+
+For each window and head (N tokens, head dim d), with the four activation quantizers of a
+SwinIR block's attention (rows of ``qp``: q, k, attn, v; each ``[l, u, s, z]``)::
+
+    cq, dq = hadamard_quant(q * scale, qp[0], along d)     # d -> n_d = next_pow2(d)
+    ck, dk = hadamard_quant(k,         qp[1], along d)
+    logits = sq sk (cq ck^T) + sq zk rowsum(cq) + zq sk rowsum(ck)^T + zq zk c_d + dq dk^T + bias
+    p      = softmax(logits)
+    ca, da = hadamard_quant(p, qp[2], along N)             # the 64 keys of each row
+    cv, dv = hadamard_quant(v, qp[3], along N)             # v's token axis
+    out    = sa sv (ca cv) + sa zv rowsum(ca) + za sv colsum(cv) + za zv c_N + da dv
+
+where c_d (c_N) counts the quantized coefficients (n, or n - 1 with the exact DC, whose code
+is 0 and whose FP coefficient enters through the rank-1 term). This is, up to float rounding,
+``QuantAttend``'s fake-quantized ``softmax(Q(q s) Q(k)^T + bias) Q(attn) Q(v)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import CompsrtError
+from .hadamard import next_pow2
+from .hadamard_quant import hadamard_quant_ref, quantize_ref
+from .packed_linear import int_bmm
+
+
+def attention_epilogue_ref(acc: Tensor, ca: Tensor, cb: Tensor, qa: Tensor, qb: Tensor, count: int,
+                           dc_a: Tensor | None, dc_b: Tensor | None) -> Tensor:
+    """fp32 float product of two dequantized operands from their integer product ``acc`` (..., M, P).
+
+    ``ca`` (..., M, 1) and ``cb`` (..., 1, P): the operands' code sums over the contraction
+    axis; ``qa``, ``qb``: their ``[l, u, s, z]``; ``count``: quantized coefficients per sum.
+    """
+    sa, za = qa[2], qa[3]
+    sb, zb = qb[2], qb[3]
+    y = acc.float() * (sa * sb) + ca.float() * (sa * zb) + cb.float() * (za * sb) + za * zb * count
+    if dc_a is not None:
+        y = y + dc_a * dc_b
+    return y
+
+
+def window_attention_int_ref(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, qp: Tensor,
+                             bits: int, keep_dc: bool, rotate: bool = True) -> Tensor:
+    """softmax(Q(q scale) Q(k)^T + bias) -> Q(attn) Q(v) with integer products.
+
+    Args:
+        q, k, v: (..., N, d) float (q unscaled).
+        bias: broadcastable to (..., N, N): relative-position bias plus the shift mask.
+        scale: d ** -0.5.
+        qp: (4, 4) fp32, rows q, k, attn, v, each ``[l, u, s, z]``.
+        bits: activation bits (2, 3 or 4).
+        keep_dc: the exact DC (QuantConfig.exact_dc; needs rotate).
+        rotate: False quantizes the operands as they are (2DQuant): no rotation, no padding.
+    Returns:
+        fp32 (..., N, d).
+    """
+    qmax = 2 ** bits - 1
+    d, n_tok = q.shape[-1], q.shape[-2]
+    if not rotate:
+        keep_dc = False
+    c_d = next_pow2(d) - keep_dc if rotate else d
+    c_n = next_pow2(n_tok) - keep_dc if rotate else n_tok
+
+    def codes(x: Tensor, p: Tensor, dim: int) -> tuple[Tensor, Tensor | None]:
+        return hadamard_quant_ref(x, p, bits, dim, keep_dc) if rotate else (quantize_ref(x, p, bits), None)
+
+    cq, dq = codes(q * scale, qp[0], -1)
+    ck, dk = codes(k, qp[1], -1)
+    acc = int_bmm(cq, ck.transpose(-2, -1), qmax, qmax)
+    sq = cq.sum(-1, keepdim=True, dtype=torch.int32)
+    sk = ck.sum(-1, dtype=torch.int32).unsqueeze(-2)
+    logits = attention_epilogue_ref(acc, sq, sk, qp[0], qp[1], c_d, dq,
+                                    None if dk is None else dk.transpose(-2, -1)) + bias
+    p = logits.softmax(-1)
+    ca, da = codes(p, qp[2], -1)
+    cv, dv = codes(v, qp[3], -2)
+    acc = int_bmm(ca, cv, qmax, qmax)
+    sa = ca.sum(-1, keepdim=True, dtype=torch.int32)
+    sv = cv.sum(-2, keepdim=True, dtype=torch.int32)
+    return attention_epilogue_ref(acc, sa, sv, qp[2], qp[3], c_n, da, dv)
+
+
+def _load_triton():
+    try:
+        from . import window_attention_int_triton
+    except ImportError as e:
+        raise CompsrtError(f"the CUDA fast path needs Triton ({e}); install it with 'pip install triton'") from None
+    return window_attention_int_triton
+
+
+def window_attention_int(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, qp: Tensor, bits: int,
+                         keep_dc: bool, rotate: bool = True) -> Tensor:
+    """Matches :func:`window_attention_int_ref`; CUDA tensors run the fused Triton kernel
+    (the N x N scores never reach memory) where the operands are rotated."""
+    if bits not in (2, 3, 4):
+        raise ValueError(f"bits must be 2, 3 or 4, got {bits}")
+    if not q.is_cuda or not rotate:
+        return window_attention_int_ref(q, k, v, bias, scale, qp, bits, keep_dc, rotate)
+    return _load_triton().window_attention_int_triton(q, k, v, bias, scale, qp, bits, keep_dc)

@@ -1,0 +1,137 @@
+"""Frozen integer modules of the packed runtime: they hold codes, masks and scales, and call kernels.
+
+:class:`PackedLinear` replaces a quantized Linear: its input is rotated (deploy) and quantized
+to int8 codes at run time with exactly the calibration's arithmetic, multiplied with the
+weight codes as an integer product, and the scales, zero points, exact-DC term and bias are
+applied in an fp32 epilogue (:mod:`compsrt.kernels.packed_linear`). :class:`PackedAttend`
+replaces an attention site (:mod:`compsrt.kernels.window_attention_int`). Neither holds a
+float tensor shaped like a weight: only int8 codes (unpacked once, at load), int32 bit-planes
+for the GPU kernel, and per-row / per-tensor fp32 vectors.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..kernels.bitpack import pack_bits
+from ..kernels.hadamard import hadamard_ref
+from ..kernels.hadamard_quant import hadamard_quant, quantize_ref
+from ..kernels.packed_linear import linear_int8, packed_linear
+from ..kernels.quant_step import step_and_zero
+from ..kernels.window_attention_int import window_attention_int
+
+
+def runtime_params(raw: Tensor, bits: int) -> Tensor:
+    """(..., 4) stored ``[l, u, s2, z2]`` -> (..., 4) ``[l, u, s, z]``, with the calibration's
+    fp32 arithmetic (fake_quant.step_and_zero), so the runtime's codes are the calibration's."""
+    rows = raw.reshape(-1, 4).float()
+    out = []
+    for l, u, s2, z2 in rows:
+        s, z = step_and_zero(l, u, bits, s2, z2)
+        out.append(torch.stack([l, u, s, z]))
+    return torch.stack(out).reshape(raw.shape)
+
+
+class PackedLinear(nn.Module):
+    """An integer Linear (``splits`` row blocks, each its own product: qkv -> q, k, v).
+
+    Args:
+        in_features: the FP input width C.
+        n: the contraction width of the codes (next_pow2(C) rotated, C with rotation "none").
+        codes: uint8 (rows, n - dc) weight codes, pruned ones 0.
+        mask: bool (rows, n - dc) keep-mask, or None (all kept).
+        dc_w: (rows,) the FP exact-DC weight column, or None.
+        w_raw, a_raw: (splits, 4) stored ``[l, u, s2, z2]`` of the weight and input quantizers.
+        bias: (rows,) FP bias.
+        bits: 2, 3 or 4.
+        rotate: rotate the input (rotation "deploy").
+    """
+
+    def __init__(self, in_features: int, n: int, codes: Tensor, mask: Tensor | None, dc_w: Tensor | None,
+                 w_raw: Tensor, a_raw: Tensor, bias: Tensor, bits: int, rotate: bool) -> None:
+        super().__init__()
+        rows, cols = codes.shape
+        splits = w_raw.shape[0]
+        self.in_features, self.n, self.bits, self.rotate, self.splits = in_features, n, bits, rotate, splits
+        self.dc = n - cols
+        self.k_store = -(-n // 32) * 32                      # codes padded to whole 32-code words
+        self.out_features = rows
+        keep = torch.ones(rows, cols, dtype=torch.bool) if mask is None else mask
+        wc = torch.zeros(rows, self.k_store, dtype=torch.int8)
+        mk = torch.zeros(rows, self.k_store, dtype=torch.int8)
+        wc[:, self.dc:n] = (codes.to(torch.int16) * keep).to(torch.int8)
+        mk[:, self.dc:n] = keep.to(torch.int8)
+        w_rt, a_rt = runtime_params(w_raw, bits), runtime_params(a_raw, bits)
+        sw, zw, sx, zx = w_rt[:, 2], w_rt[:, 3], a_rt[:, 2], a_rt[:, 3]
+        per = rows // splits
+        rep = lambda v: v.repeat_interleave(per)            # noqa: E731  per-split scalar -> per row
+        wsum, msum = wc.sum(1, dtype=torch.int32).float(), mk.sum(1, dtype=torch.int32).float()
+        self.trivial_mask = mask is None
+        # CPU / fallback operand: (splits, K, per) = (Mk*qw)^T, or (splits, K, 2 per) with Mk^T beside it.
+        blocks = [wc.view(splits, per, -1)] + ([] if self.trivial_mask else [mk.view(splits, per, -1)])
+        self.register_buffer("w_t", torch.cat(blocks, 1).transpose(1, 2).contiguous(), persistent=False)
+        self.register_buffer("w_planes", pack_bits(wc.to(torch.uint8), bits), persistent=False)
+        self.register_buffer("m_planes", None if self.trivial_mask else pack_bits(mk.to(torch.uint8), 1),
+                             persistent=False)
+        self.register_buffer("alpha", sx * sw, persistent=False)
+        self.register_buffer("beta", sx * zw, persistent=False)
+        self.register_buffer("c0", rep(zx * sw) * wsum + rep(zx * zw) * msum + bias.float(), persistent=False)
+        self.register_buffer("a_qp", a_rt, persistent=False)
+        self.register_buffer("dc_w", None if dc_w is None else dc_w.float(), persistent=False)
+        self.use_cuda_kernel = False   # set by the loader when the csrc library is available
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, n={self.n}, bits={self.bits}, "
+                f"splits={self.splits}, rotate={self.rotate}, exact_dc={bool(self.dc)}, pruned={not self.trivial_mask}")
+
+    def _codes(self, x: Tensor, r: Tensor | None, i: int) -> tuple[Tensor, Tensor | None]:
+        """int8 (M, k_store) codes of the flat input for split i, and the FP DC (M, 1) or None."""
+        if x.is_cuda and self.rotate:
+            q, dc = hadamard_quant(x, self.a_qp[i], self.bits, -1, bool(self.dc))
+        else:
+            t = r if self.rotate else x
+            q = quantize_ref(t, self.a_qp[i], self.bits)
+            dc = None
+            if self.dc:
+                dc = t[:, :1].contiguous()
+                q[:, 0] = 0
+        if q.shape[1] < self.k_store:
+            q = torch.nn.functional.pad(q, (0, self.k_store - q.shape[1]))
+        return q, dc
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.in_features).float()
+        # The splits read the same input: rotate it once (on CUDA the fused kernel rotates per split).
+        r = hadamard_ref(x, -1) if self.rotate and not x.is_cuda else None
+        per = self.out_features // self.splits
+        outs = []
+        for i in range(self.splits):
+            q, dc = self._codes(x, r, i)
+            rows = slice(i * per, (i + 1) * per)
+            dc_w = None if self.dc_w is None else self.dc_w[rows]
+            if self.use_cuda_kernel and x.is_cuda:
+                mp = None if self.m_planes is None else self.m_planes[rows]
+                y = packed_linear(q, self.w_planes[rows], mp, self.bits, float(self.alpha[i]), float(self.beta[i]),
+                                  self.c0[rows], dc, dc_w)
+            else:
+                y = linear_int8(q, self.w_t[i], per, self.alpha[i], self.beta[i], self.c0[rows], dc, dc_w)
+            outs.append(y)
+        y = outs[0] if self.splits == 1 else torch.cat(outs, -1)
+        return y.reshape(*lead, self.out_features)
+
+
+class PackedAttend(nn.Module):
+    """softmax(Q(q s) Q(k)^T + bias) -> Q(attn) Q(v) on integer codes (see window_attention_int)."""
+
+    def __init__(self, raw: Tensor, bits: int, keep_dc: bool, rotate: bool) -> None:
+        super().__init__()
+        self.bits, self.keep_dc, self.rotate = bits, keep_dc, rotate
+        self.register_buffer("qp", runtime_params(raw, bits), persistent=False)   # rows q, k, attn, v
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, rotate={self.rotate}, exact_dc={self.keep_dc}"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
+        return window_attention_int(q.float(), k.float(), v.float(), bias.float(), scale, self.qp, self.bits,
+                                    self.keep_dc, self.rotate)
