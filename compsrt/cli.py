@@ -1,8 +1,9 @@
 """``compsrt-infer in.png out.png``: super-resolve an image (or a folder of images).
 
-Uses the bundled FP SwinIR-light weights unless ``--weights`` names a file: official
-``.pth``, our safetensors, or a calibrated CompSRT checkpoint. User mistakes print one line
-and exit 2; outputs are written atomically and never over an input.
+Runs the bundled packed 4-bit SwinIR-light of ``--scale`` (the integer runtime) unless
+``--model NAME`` picks another bundled model (``--list-models``) or ``--weights`` names a file:
+official ``.pth``, our FP safetensors, a packed or a calibrated CompSRT checkpoint. User
+mistakes print one line and exit 2; outputs are written atomically and never over an input.
 """
 from __future__ import annotations
 
@@ -14,16 +15,19 @@ from .device import parse_device
 from .errors import CompsrtError
 from .io import SUPPORTED_SUFFIXES, check_image_path, load_image, save_image
 from .infer import upscale
-from .load import ARCHS, load_model
+from .load import ARCHS, bundled_model, bundled_models, default_infer_model, load_model
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="compsrt-infer", description="Super-resolve images with SwinIR-light "
                                 "(FP or CompSRT-compressed) or MambaIRv2-light.")
-    p.add_argument("src", type=Path, help="input image, or a folder of images")
-    p.add_argument("dst", type=Path, help="output image, or a folder (created) when src is a folder")
+    p.add_argument("src", type=Path, nargs="?", help="input image, or a folder of images")
+    p.add_argument("dst", type=Path, nargs="?", help="output image, or a folder (created) when src is a folder")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), default=2)
-    p.add_argument("--weights", type=Path, help="weights or compressed checkpoint (default: bundled FP weights)")
+    p.add_argument("--model", help="a bundled model by name, e.g. swinir_light_x2_w2 or swinir_light_x2 (FP); "
+                   "default: swinir_light_x{scale}_w4 for SwinIR-light")
+    p.add_argument("--list-models", action="store_true", help="list the bundled models with their sizes and exit")
+    p.add_argument("--weights", type=Path, help="any weights file: FP, packed or calibrated checkpoint")
     p.add_argument("--arch", choices=ARCHS, default="swinir-light")
     p.add_argument("--tile", type=int, default=0, help="process in tiles of N LR pixels (0 = whole image)")
     p.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in LR pixels")
@@ -51,14 +55,39 @@ def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     return [(src, dst)]
 
 
+def list_models() -> str:
+    """One line per bundled model: name, bytes, and what it is."""
+    from .load import checkpoint_kind
+
+    lines = []
+    for name, path in bundled_models().items():
+        kind = checkpoint_kind(path)
+        what = "packed (integer runtime)" if kind == "compsrt-packed" else "FP32"
+        lines.append(f"{name:<28} {path.stat().st_size:>10,} bytes  {what}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.list_models:
+        print(list_models())
+        return 0
+    if args.src is None or args.dst is None:
+        p.error("the following arguments are required: src, dst")
     try:
+        if args.model is not None and args.weights is not None:
+            raise CompsrtError("--model and --weights both given; pick one")
         if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
             raise CompsrtError(f"--tile {args.tile} --tile-overlap {args.tile_overlap}: need tile >= 0 and overlap < tile")
         jobs = _jobs(args.src, args.dst)
         dev = parse_device(args.device)
-        model = load_model(args.weights, args.scale, args.arch).to(dev)
+        weights = args.weights
+        if args.model is not None:
+            weights = bundled_model(args.model)
+        elif weights is None:
+            weights = default_infer_model(args.scale, args.arch)
+        model = load_model(weights, args.scale, args.arch, dev)
         from tqdm import tqdm
 
         for src, dst in tqdm(jobs, desc="images", disable=args.quiet or len(jobs) < 2):

@@ -22,7 +22,8 @@ from .data import load_benchmark
 from .errors import CompsrtError
 from .io import atomic_path, to_float, to_uint
 from .metrics import psnr, ssim
-from .load import ARCHS, load_model
+from .device import parse_device
+from .load import ARCHS, bundled_model, load_model
 
 
 @torch.no_grad()
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="folder holding <Set>/HR and <Set>/LR_bicubic")
     p.add_argument("--sets", nargs="+", default=["Set5", "Set14", "B100"])
     p.add_argument("--json", type=Path, help="per-image results (default: eval_<weights>_x<S>.json)")
+    p.add_argument("--model", help="a bundled model by name (compsrt-infer --list-models); default: the FP weights")
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images of each set")
     p.add_argument("--quiet", action="store_true")
@@ -81,16 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         for s in a.sets:
             if not (a.data / s / "HR").is_dir():
                 raise CompsrtError(f"{a.data / s / 'HR'}: missing; check --data and --sets")
-        model = load_model(a.weights, a.scale, a.arch)
+        if a.model is not None and a.weights is not None:
+            raise CompsrtError("--model and --weights both given; pick one")
+        model = load_model(bundled_model(a.model) if a.model else a.weights, a.scale, a.arch, parse_device(a.device))
         results = evaluate(model, a.data, a.sets, a.scale, a.device, progress=not a.quiet, limit=a.limit)
     except (CompsrtError, OSError) as e:
         print(f"compsrt.eval: error: {e}", file=sys.stderr)
         return 2
-    label = a.weights.name if a.weights else f"bundled {a.arch} x{a.scale}"
+    label = a.model or (a.weights.name if a.weights else f"bundled {a.arch} x{a.scale}")
     print(markdown_table(results, label))
-    out = a.json or Path(f"eval_{a.weights.stem if a.weights else a.arch}_x{a.scale}.json")
+    out = a.json or Path(f"eval_{a.model or (a.weights.stem if a.weights else a.arch)}_x{a.scale}.json")
     with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps({"weights": str(a.weights or "bundled"), "arch": a.arch, "scale": a.scale,
+        tmp.write_text(json.dumps({"weights": str(a.model or a.weights or "bundled"), "arch": a.arch, "scale": a.scale,
                                    "results": results}, indent=1))
     print(f"per-image results: {out}", file=sys.stderr)
     return 0

@@ -1,19 +1,49 @@
-"""One entry point that turns (--arch, --weights, --scale) into a ready model.
+"""One entry point that turns (--arch, --weights or --model, --scale) into a ready model.
 
-Every CLI goes through :func:`load_model`, so FP weights (official ``.pth`` or ours),
-calibrated CompSRT checkpoints and MambaIRv2-light all load the same way.
+Every CLI goes through :func:`load_model`, so FP weights (official ``.pth`` or ours), packed
+CompSRT checkpoints (the integer runtime), calibrated fake-quant checkpoints and
+MambaIRv2-light all load the same way. The package bundles its models as
+``compsrt/weights/<name>.safetensors`` (:func:`bundled_models`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .errors import CompsrtError
 from .model.weights import bundled_weights, load_swinir
 
 ARCHS = ("swinir-light", "mambairv2-light")
+
+
+def bundled_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("compsrt") / "weights"))
+
+
+def bundled_models() -> dict[str, Path]:
+    """Name -> file of every bundled model (FP and packed), sorted by name."""
+    return {p.stem: p for p in sorted(bundled_dir().glob("*.safetensors"))}
+
+
+def bundled_model(name: str) -> Path:
+    """The file of the bundled model ``name`` (e.g. ``swinir_light_x2_w4``)."""
+    models = bundled_models()
+    if name not in models:
+        raise CompsrtError(f"--model {name!r} is not bundled; choose one of {', '.join(models)} (see --list-models)")
+    return models[name]
+
+
+def default_infer_model(scale: int, arch: str) -> Path | None:
+    """compsrt-infer's default: the bundled packed W4 SwinIR-light of ``scale`` (None = the FP default)."""
+    if arch != "swinir-light":
+        return None
+    path = bundled_dir() / f"swinir_light_x{scale}_w4.safetensors"
+    return path if path.is_file() else None
 
 
 def checkpoint_kind(path: Path) -> str:
@@ -36,8 +66,10 @@ def checkpoint_kind(path: Path) -> str:
         raise CompsrtError(f"{path}: malformed compsrt header in the safetensors metadata") from None
 
 
-def load_model(weights: Path | None, scale: int, arch: str = "swinir-light") -> nn.Module:
-    """Build the model for ``arch`` at ``scale`` from ``weights`` (None = the bundled FP weights).
+def load_model(weights: Path | None, scale: int, arch: str = "swinir-light",
+               device: str | torch.device = "cpu") -> nn.Module:
+    """Build the model for ``arch`` at ``scale`` from ``weights`` (None = the bundled FP weights),
+    on ``device`` (packed models there pick their CUDA kernels).
 
     Raises:
         CompsrtError: unknown arch, missing file, weights of another scale or architecture.
@@ -50,12 +82,16 @@ def load_model(weights: Path | None, scale: int, arch: str = "swinir-light") -> 
     if arch == "mambairv2-light":
         from .model.mambairv2 import load_mambairv2
 
-        return load_mambairv2(path, scale).eval()
+        return load_mambairv2(path, scale).eval().to(device)
     kind = checkpoint_kind(path)
     if kind == "fp":
-        return load_swinir(path, scale)
+        return load_swinir(path, scale).to(device)
+    if kind == "compsrt-packed":
+        from .runtime import load_packed
+
+        return load_packed(path, scale, device)
     if kind == "compsrt-calibrated":
         from .quant.compress import load_calibrated
 
-        return load_calibrated(path, scale).eval()
+        return load_calibrated(path, scale).eval().to(device)
     raise CompsrtError(f"{path}: unknown checkpoint format {kind!r}; is this compsrt version too old?")

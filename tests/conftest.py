@@ -114,3 +114,40 @@ def tiny_benchmark(tmp_path_factory) -> Path:
     _write_png(root / "Tiny" / "HR" / "a.png", synthetic_rgb(41, 50, seed=1))
     _write_png(root / "Tiny" / "HR" / "b.png", synthetic_rgb(36, 29, seed=2))
     return root
+
+
+# -- tiny calibrated models for the pack / runtime tests ---------------------------------------
+
+@pytest.fixture(scope="session")
+def make_calibrated():
+    """A factory: QuantConfig -> a tiny fake-quant SwinIR-light (head dim 10 as the real one,
+    widths 20/40 padded to 32/64) with DOBI bounds and non-zero decomposition extras."""
+    import copy
+    from functools import partial
+
+    import torch
+
+    from compsrt.calib.dobi import dobi
+    from compsrt.config import SwinIRConfig
+    from compsrt.model.swinir import SwinIRLight
+    from compsrt.quant.compress import compress_, set_calibrating
+
+    torch.manual_seed(0)
+    fp = SwinIRLight(SwinIRConfig(scale=2, embed_dim=20, depths=(2,), num_heads=(2,))).eval()
+    x = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+
+    def make(cfg):
+        m = compress_(copy.deepcopy(fp), cfg).eval()
+        set_calibrating(m, partial(dobi, max_elems=1 << 14))
+        with torch.no_grad():
+            m(x)
+        set_calibrating(m, None)
+        with torch.no_grad():   # as after finetuning: the extras moved off zero
+            for q in m.modules():
+                if hasattr(q, "step_extra") and q.step_extra.requires_grad:
+                    q.step_extra.add_(0.002 * (q.upper - q.lower))
+                    q.zero_extra.add_(-0.01 * (q.upper - q.lower))
+        m.provenance = {"method": "test", "weights": "random"}
+        return m
+
+    return make

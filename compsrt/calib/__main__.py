@@ -2,9 +2,11 @@
 
 Quick default (CPU, minutes): ``python -m compsrt.calib --scale 2 --bits 4 --out C``.
 The paper's setting: ``--iters 4000 --batch 16`` (used automatically on a GPU unless the
-flags are given). Writes ``C/model.safetensors`` (loadable by ``compsrt-infer --weights``
-and ``python -m compsrt.eval --weights``), ``C/report.json``, ``C/report.md`` and the
-resumable state ``C/calib_state.safetensors``.
+flags are given). Writes ``C/model.safetensors``, the packed checkpoint the integer runtime
+runs (``compsrt-infer --weights``, ``python -m compsrt.eval --weights``), beside
+``C/calibrated.safetensors`` (the trained fake-quant form, which ``python -m compsrt.pack``
+re-packs), ``C/report.json``, ``C/report.md`` and the resumable state
+``C/calib_state.safetensors``. ``--eval-data`` scores the packed model.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..errors import CompsrtError
 from ..io import atomic_path
 from ..quant.compress import save_calibrated
 from ..load import load_model
+from ..pack import pack_file
 from .calibrate import calibrate
 from .methods import METHODS, method_config
 
@@ -107,6 +110,8 @@ def write_report(out: Path, report: dict) -> None:
              f"{r['start_val_psnr_db']:.3f}, kept {r['best_val_psnr_db']:.3f} dB (iteration {r['best_iter']})",
              f"- fidelity to the FP output on those patches (the keep-best score): after DOBI "
              f"{r['start_fidelity_db']:.2f}, kept {r['best_fidelity_db']:.2f} dB"]
+    if report.get("packed_bytes"):
+        lines.append(f"- packed checkpoint model.safetensors: {report['packed_bytes']:,} bytes")
     if r["stopped"]:
         lines.append(f"- stopped early: {r['stopped']}")
     if report.get("eval"):
@@ -152,12 +157,20 @@ def main(argv: list[str] | None = None) -> int:
         weights_name = str(a.weights) if a.weights else f"bundled swinir_light_x{a.scale}"
         config = {"method": a.method, "scale": a.scale, "weights": weights_name, "data": [str(d) for d in data],
                   "device": str(device), "quant": asdict(quant), "calib": rep.calib}
-        save_calibrated(model.cpu(), a.out / "model.safetensors", provenance={**config, "iters_done": rep.iters_done})
+        command = "python -m compsrt.calib " + " ".join(sys.argv[1:] if argv is None else argv)
+        prov = {**config, "iters_done": rep.iters_done, "command": command}
+        save_calibrated(model.cpu(), a.out / "calibrated.safetensors", provenance=prov)
         report = {"config": config, "wall_seconds": wall, "calibration": asdict(rep)}
+        if quant.bits in (2, 3, 4) and quant.rotation != "official":
+            pack_file(a.out / "calibrated.safetensors", a.out / "model.safetensors", command=command)
+            report["packed_bytes"] = (a.out / "model.safetensors").stat().st_size
+        else:   # 8 bits and the official rotate-back mode are fake-quant studies: nothing to pack
+            save_calibrated(model, a.out / "model.safetensors", provenance=prov)
         if a.eval_data is not None:
             from ..eval import evaluate
 
-            q = evaluate(model, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet)
+            packed = load_model(a.out / "model.safetensors", a.scale, device=device)
+            q = evaluate(packed, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet)
             f = evaluate(fp, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet)
             report["eval"] = {n: {"psnr_db": q[n]["psnr_db"], "ssim": q[n]["ssim"], "fp_psnr_db": f[n]["psnr_db"],
                                   "fp_ssim": f[n]["ssim"], "seconds_per_image": q[n]["seconds_per_image"]}

@@ -295,8 +295,9 @@ def hadamard_fake_quant_triton(x: Tensor, lower: Tensor, upper: Tensor, bits: in
         if asked for. Differentiable in x, lower, upper, step_extra and zero_extra.
     Raises:
         ValueError: bits not in (2, 3, 4, 8), keep_dc with return_codes, dim not one of the last two
-            axes, x that :func:`supports` rejects, a parameter that is not a one-element float tensor, or (CPU tensors) a step
-            s <= 0. On CUDA, s <= 0 raises a device-side assert at the next synchronization instead.
+            axes, x that :func:`supports` rejects, a parameter that is not a one-element float
+            tensor, or (CPU tensors) a step s <= 0. On CUDA, s <= 0 raises a device-side assert at
+            the next synchronization instead.
 
     Example:
         >>> out = hadamard_fake_quant_triton(x, lo, hi, 4)      # x: (B*64, 64, 60) fp16 on CUDA

@@ -74,4 +74,7 @@ def hadamard_quant(x: Tensor, qp: Tensor, bits: int, dim: int = -1,
         raise ValueError(f"bits must be 2, 3 or 4, got {bits}")
     if not x.is_cuda:
         return hadamard_quant_ref(x, qp, bits, dim, keep_dc)
-    return _load_triton().hadamard_quant_triton(x, qp, bits, dim, keep_dc)
+    tri = _load_triton()
+    if not tri.supports(x, dim):   # fp64, or a padded size beyond the kernel's (n > 128)
+        return hadamard_quant_ref(x, qp, bits, dim, keep_dc)
+    return tri.hadamard_quant_triton(x, qp, bits, dim, keep_dc)

@@ -161,10 +161,18 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 @functools.lru_cache(maxsize=None)
 def _library_for(arches: tuple[str, ...]) -> ctypes.CDLL:
     key = library_key(arches)
+    unloadable = []  # e.g. a prebuilt library from a machine with a newer glibc
     for folder in (source_dir() / "build" / key, cache_dir(arches)):
         if (folder / LIB_NAME).is_file():
-            return _bind(ctypes.CDLL(str(folder / LIB_NAME)))
-    return _bind(ctypes.CDLL(str(compile_library(arches))))
+            try:
+                return _bind(ctypes.CDLL(str(folder / LIB_NAME)))
+            except OSError as e:
+                unloadable.append(f"{folder / LIB_NAME}: {e}")
+    try:
+        path = compile_library(arches)
+    except CompsrtError as e:
+        raise CompsrtError(f"{e} (unloadable: {'; '.join(unloadable)})" if unloadable else str(e)) from None
+    return _bind(ctypes.CDLL(str(path)))
 
 
 def load_library(device: Optional[torch.device] = None) -> ctypes.CDLL:

@@ -96,6 +96,6 @@ def window_attention_int(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: f
     (the N x N scores never reach memory) where the operands are rotated."""
     if bits not in (2, 3, 4):
         raise ValueError(f"bits must be 2, 3 or 4, got {bits}")
-    if not q.is_cuda or not rotate:
+    if not q.is_cuda or not rotate or q.shape[-2] > 64 or q.shape[-1] > 32:   # the fused kernel's limits
         return window_attention_int_ref(q, k, v, bias, scale, qp, bits, keep_dc, rotate)
     return _load_triton().window_attention_int_triton(q, k, v, bias, scale, qp, bits, keep_dc)

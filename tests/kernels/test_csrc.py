@@ -135,6 +135,27 @@ def test_missing_nvcc_is_a_compsrt_error(monkeypatch, tmp_path):
         plc.compile_library(out_dir=tmp_path)
 
 
+def test_unloadable_prebuilt_without_nvcc_names_both(monkeypatch, tmp_path):
+    """A prebuilt library that does not load (say, built against a newer glibc) falls through to
+    nvcc; without nvcc the CompsrtError names the fix and the unloadable file."""
+    src = tmp_path / "csrc"
+    src.mkdir()
+    for name in plc.SOURCES:
+        (src / name).write_bytes((CSRC / name).read_bytes())
+    monkeypatch.setattr(plc, "source_dir", lambda: src)
+    monkeypatch.setattr(plc, "cache_dir", lambda arches=plc.DEFAULT_ARCHES: tmp_path / "cache")
+    monkeypatch.setattr(plc, "find_nvcc", lambda: None)
+    prebuilt = plc.prebuilt_dir()
+    prebuilt.mkdir(parents=True)
+    (prebuilt / plc.LIB_NAME).write_bytes(b"not a shared library")
+    plc._library_for.cache_clear()
+    try:
+        with pytest.raises(CompsrtError, match="nvcc not found.*unloadable: .*libcompsrt_csrc.so"):
+            plc._library_for(plc.DEFAULT_ARCHES)
+    finally:
+        plc._library_for.cache_clear()
+
+
 def test_library_key_follows_flags_and_sources():
     assert plc.library_key(("80", "90")) == plc.library_key(("90", "80"))
     assert plc.library_key(("80", "90")) != plc.library_key(("80", "89", "90"))

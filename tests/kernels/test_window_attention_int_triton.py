@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("triton")
 
 from compsrt.kernels import window_attention_int_triton as wa  # noqa: E402  (after the env is set)
-from compsrt.kernels.hadamard import hadamard_ref, next_pow2  # noqa: E402
+from compsrt.kernels.hadamard import hadamard_ref  # noqa: E402
 from compsrt.kernels.hadamard_quant import hadamard_quant_ref  # noqa: E402
 from compsrt.kernels.packed_linear import int_bmm  # noqa: E402
 from compsrt.kernels.window_attention_int import window_attention_int, window_attention_int_ref  # noqa: E402
@@ -140,6 +140,14 @@ def test_shifted_windows_bias_per_window(device):
     assert again.equal(wa.window_attention_int_triton(q, k, v, bias, d ** -0.5, qp, 4, True))
 
 
+def test_more_than_three_leading_dims(device):
+    """Leading dims beyond three are merged; the bias broadcasts over the outer ones."""
+    q, k, v = _qkv((2, 1, 2, 2), 16, 10, torch.float32, device, seed=3)
+    bias = _randn((2, 2, 16, 16), seed=4).to(device)
+    out, _ = assert_matches_ref(q, k, v, bias, 4, True)
+    assert out.shape == (2, 1, 2, 2, 16, 10)
+
+
 def test_fp16_bias_and_cpu_qp(device):
     q, k, v = _qkv((2, 2), 64, 10, torch.float16, device, seed=9)
     bias = _randn((2, 64, 64), seed=10).half().to(device)
@@ -203,4 +211,3 @@ def test_step_bound_is_meaningful():
     out = window_attention_int_ref(q, k, v, bias, 10 ** -0.5, qp, 4, True)
     step = qp[2, 2].item() * hadamard_ref(v, -2).abs().amax().item() + qp[3, 2].item() * qp[2, :2].abs().max().item()
     assert 2 * step < 0.5 * out.abs().amax().item()
-    assert next_pow2(10) == 16
