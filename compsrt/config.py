@@ -25,6 +25,11 @@ class SwinIRConfig:
     def __post_init__(self) -> None:
         if self.scale not in (2, 3, 4):
             raise ValueError(f"scale must be 2, 3 or 4, got {self.scale}")
+        sizes = {"in_chans": (self.in_chans,), "embed_dim": (self.embed_dim,), "window_size": (self.window_size,),
+                 "depths": self.depths, "num_heads": self.num_heads}
+        for name, vals in sizes.items():
+            if not vals or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in vals):
+                raise ValueError(f"{name} must be positive integers, got {vals}")
         if len(self.depths) != len(self.num_heads):
             raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
         for h in self.num_heads:

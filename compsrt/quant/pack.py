@@ -176,7 +176,7 @@ def _configs(path: Path, h: dict) -> tuple[SwinIRConfig, QuantConfig]:
         sw = dict(h["swinir"])
         sw["depths"], sw["num_heads"], sw["rgb_mean"] = tuple(sw["depths"]), tuple(sw["num_heads"]), tuple(sw["rgb_mean"])
         scfg, qcfg = SwinIRConfig(**sw), QuantConfig(**h["quant"])
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:
         raise _bad(path, f"invalid model or quantization configuration ({e})") from None
     ints = [scfg.embed_dim, scfg.window_size, scfg.in_chans, *scfg.depths, *scfg.num_heads]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints) or not scfg.depths:
