@@ -355,3 +355,44 @@ def test_tiled_set14_matches_untiled_trained_weights(benchmark_dir):
     db = _psnr_db(to_float(to_uint(tiled[0]))[None], to_float(to_uint(whole[0]))[None])
     print(f"Set14 ppt3 x2, tile 256 overlap 32 vs untiled: {db:.2f} dB")
     assert db >= 50
+
+
+# -- bundled models: --model, --list-models, the packed default --------------------------------
+
+def test_list_models_names_every_bundled_file_with_its_size(capsys):
+    from compsrt.load import bundled_models
+
+    assert main(["--list-models"]) == 0
+    out = capsys.readouterr().out
+    for name, path in bundled_models().items():
+        line = next(ln for ln in out.splitlines() if ln.split()[0] == name)
+        assert f"{path.stat().st_size:,}" in line
+
+
+def test_model_option_errors_are_one_line(capsys, small_png, tmp_path, test_weights):
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--model", "nope", "--quiet")
+    assert rc == 2 and "not bundled" in _error_line(err)
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--model", "swinir_light_x2", "--weights", test_weights)
+    assert rc == 2 and "pick one" in _error_line(err)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_default_swinir_model_is_the_bundled_packed_w4():
+    from compsrt.load import bundled_dir, checkpoint_kind, default_infer_model
+
+    assert default_infer_model(2, "mambairv2-light") is None
+    path = default_infer_model(3, "swinir-light")
+    if not (bundled_dir() / "swinir_light_x3_w4.safetensors").is_file():
+        pytest.skip("swinir_light_x3_w4 is not bundled")
+    assert path.name == "swinir_light_x3_w4.safetensors" and checkpoint_kind(path) == "compsrt-packed"
+
+
+@pytest.mark.parametrize("name", ["swinir_light_x2", "swinir_light_x2_w2"])
+def test_model_option_runs_a_bundled_model(capsys, small_png, tmp_path, name):
+    from compsrt.load import bundled_models
+
+    if name not in bundled_models():
+        pytest.skip(f"{name} is not bundled")
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--model", name, "--quiet")
+    assert rc == 0, err
+    assert PILImage.open(tmp_path / "o.png").size == (34, 24)

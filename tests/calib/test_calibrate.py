@@ -476,3 +476,38 @@ def test_damaged_checkpoint_is_a_clear_error(fp_model, batch, tmp_path):
     save_file(sd, str(tmp_path / "bad_header.safetensors"), metadata={"compsrt": '{"format": "compsrt-calibrated"}'})
     with pytest.raises(CompsrtError, match="malformed"):
         load_model(tmp_path / "bad_header.safetensors", 2)
+
+
+def test_calib_cli_writes_a_packed_model_that_the_runtime_runs(fp_model, tmp_path, capsys):
+    """python -m compsrt.calib: model.safetensors is the packed file (smaller than the calibrated
+    one beside it), its header records the command, and it runs in compsrt-infer."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from compsrt.calib.__main__ import main
+    from compsrt.cli import main as infer
+    from compsrt.load import checkpoint_kind
+    from compsrt.quant.pack import read_packed
+
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in fp_model.state_dict().items()}, str(weights))
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i, p in enumerate(smooth_images(3, 160, 21)):
+        Image.fromarray(p.hr).save(data / f"{i}.png")
+    out = tmp_path / "c"
+    argv = ["--scale", "2", "--bits", "4", "--prune", "0.4", "--weights", str(weights), "--data", str(data),
+            "--val-images", "1", "--iters", "2", "--batch", "1", "--calib-batch", "2", "--val-every", "1",
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    assert "packed checkpoint model.safetensors" in capsys.readouterr().out
+    assert checkpoint_kind(out / "model.safetensors") == "compsrt-packed"
+    assert checkpoint_kind(out / "calibrated.safetensors") == "compsrt-calibrated"
+    assert (out / "model.safetensors").stat().st_size < (out / "calibrated.safetensors").stat().st_size / 3
+    h = read_packed(out / "model.safetensors").header
+    assert h["command"].startswith("python -m compsrt.calib --scale 2") and h["method"] == "compsrt"
+    assert h["pruning"] == {"fraction": 0.4, "mode": "unstructured"} and len(h["source_sha256"]) == 64
+    src = tmp_path / "in.png"
+    Image.fromarray(smooth_images(1, 40, 9)[0].lr).save(src)
+    assert infer([str(src), str(tmp_path / "o.png"), "--weights", str(out / "model.safetensors"), "--quiet"]) == 0
+    assert Image.open(tmp_path / "o.png").size == (40, 40)
