@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One GPU call for the compressed engine (issue 19), most important first, within 6 minutes on an
+# H100. Run from the repository root on the lent machine; carry ["csrc/build", "gpu_carry"]:
+#   csrc/build/   the csrc library prebuilt here (python -m compsrt.kernels.packed_linear_cuda), in
+#                 case the GPU machine has no nvcc
+#   gpu_carry/    Set5 HR + LR_bicubic/X2 for the packed-vs-CPU PSNR check (bash benchmarks/gpu_carry.sh)
+# 1. device and versions; 2. CUDA and Triton tests (csrc accumulators bit for bit, the fused int8
+# attention and Hadamard+quantize kernels compiled, the packed runtime on CUDA against the CPU one);
+# 3. benchmarks with --benchmark-json into $OUT: whole model (FP32, FP16, fake-quant, packed W4/W2,
+# packed W4 replayed from a CUDA graph), the packed linear products, the fused attention;
+# 4. Set5 x2 PSNR of the bundled packed W4 on CUDA and on the CPU.
+set -u
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+OUT=${OUT:-/tmp/gpu_engine}
+mkdir -p "$OUT"
+nvidia-smi -L
+$PY -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '|', torch.cuda.get_device_name())"
+which nvcc || echo "no nvcc: the carried csrc/build library is the only csrc path"
+
+echo "== 1. CUDA + Triton tests"
+timeout 150 $PY -m pytest tests/kernels/test_csrc.py tests/kernels/test_window_attention_int_triton.py \
+    tests/kernels/test_hadamard_quant_triton.py tests/runtime/test_runtime_cuda.py -m "cuda or not cuda" \
+    -q -x -p no:cacheprovider -rfEs 2>&1 | tail -25
+
+echo "== 2. benchmarks"
+timeout 100 $PY -m pytest benchmarks/bench_infer.py -k "cuda" -q -p no:cacheprovider \
+    --benchmark-json "$OUT/bench_infer_gpu.json" --benchmark-columns=median,iqr,rounds 2>&1 | tail -25
+timeout 50 $PY -m pytest benchmarks/bench_packed_linear.py -q -p no:cacheprovider \
+    --benchmark-json "$OUT/bench_packed_linear.json" --benchmark-columns=median,iqr 2>&1 | tail -20
+timeout 50 $PY -m pytest benchmarks/bench_window_attention_int.py -q -p no:cacheprovider \
+    --benchmark-json "$OUT/bench_window_attention_int.json" --benchmark-columns=median,iqr 2>&1 | tail -20
+
+echo "== 3. Set5 x2, bundled packed W4: CUDA and CPU"
+if [ -d gpu_carry/bench/Set5 ]; then
+    for dev in cuda cpu; do
+        timeout 60 $PY -m compsrt.eval --model swinir_light_x2_w4 --scale 2 --data gpu_carry/bench --sets Set5 \
+            --device $dev --json "$OUT/eval_w4_$dev.json" --quiet 2>&1 | tail -3
+    done
+fi
+echo "== 4. the rest of the kernel tests on CUDA"
+timeout 60 $PY -m pytest tests/kernels -q -p no:cacheprovider -x 2>&1 | tail -5
+ls -la "$OUT"
