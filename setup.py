@@ -8,7 +8,7 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 
 
 class BuildPyWithCsrc(build_py):
-    """build_py that also ships ``csrc/*.cu`` (and headers) as ``compsrt/_csrc/`` in the wheel, where
+    """build_py that also ships ``csrc/`` sources (.cu, .cpp, headers) as ``compsrt/_csrc/`` in the wheel, where
     ``compsrt.kernels.packed_linear_cuda`` finds them when no checkout is around. Editable installs
     skip the copy: they run from the checkout, whose ``csrc/`` the loader reads directly."""
 
@@ -16,7 +16,7 @@ class BuildPyWithCsrc(build_py):
         super().run()
         if getattr(self, "editable_mode", False):
             return
-        sources = sorted(p for p in CSRC.glob("*") if p.suffix in (".cu", ".cuh", ".h")) if CSRC.is_dir() else []
+        sources = sorted(p for p in CSRC.glob("*") if p.suffix in (".cu", ".cuh", ".h", ".cpp")) if CSRC.is_dir() else []
         if not sources:
             self.warn(f"no CUDA sources in {CSRC}: the wheel ships without compsrt/_csrc")
             return
@@ -32,8 +32,7 @@ setup(
     description="Compress image super-resolution transformers to 2-4 bits (CompSRT) and run them",
     python_requires=">=3.10",
     packages=find_packages(include=["compsrt", "compsrt.*"]),
-    package_data={"compsrt": ["weights/*.safetensors", "assets/*.png", "assets/*.safetensors"],
-                  "": ["csrc/*"]},
+    package_data={"compsrt": ["weights/*.safetensors", "assets/*.png", "assets/calib/*.png"]},
     include_package_data=True,
     cmdclass={"build_py": BuildPyWithCsrc},
     install_requires=[

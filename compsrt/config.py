@@ -55,7 +55,7 @@ class QuantConfig:
     """How SwinIR-light is quantized (and pruned). Presets: ``compsrt.calib.methods.METHODS``.
 
     rotation: "deploy" rotates both operands of every product along its contraction axis and
-        keeps them rotated (DESIGN.md's deployable form); "official" quantizes each operand in
+        keeps them rotated (the deployable form, docs/engine.md); "official" quantizes each operand in
         the rotated domain, then rotates back and crops (the official code's way); "none" is
         2DQuant (no rotation).
     rotate_acts: False rotates weights only (the paper's Figure 6 ablation); only meaningful,

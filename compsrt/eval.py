@@ -1,6 +1,6 @@
 """Benchmark evaluation: ``python -m compsrt.eval --weights W --scale S --data DIR --sets Set5``.
 
-Protocol (the official SwinIR one, reference-2dquant.md 1.5): LR images from
+Protocol (the official SwinIR test protocol, which 2DQuant and CompSRT report with): LR images from
 ``LR_bicubic/X{s}`` are fed to the model as they are (the model pads internally to a
 multiple of its window and crops: this is our padding rule, not the official test script's
 always-pad-1..8 flip padding), the output is clamped and rounded to uint8, PSNR/SSIM are

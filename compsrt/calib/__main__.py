@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--eval-data", type=Path, help="benchmark folder to evaluate on after calibration "
-                   "(e.g. ../shared/data/benchmark); omitted = no evaluation")
+                   "(holding <Set>/HR and <Set>/LR_bicubic/X<s>); omitted = no evaluation")
     p.add_argument("--eval-sets", nargs="+", default=["Set5", "Set14", "B100"])
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--minutes", type=float, default=0.0,

@@ -40,7 +40,7 @@ def feature_loss(fs: list[Tensor], ft: list[Tensor]) -> Tensor:
     """Mean over stages of ||f_s/|f_s| - f_t/|f_t|||^2 per sample (norms per sample, detached).
 
     The official version broadcasts a (B,1,1,1) norm against 3-D tokens and divides by numel
-    twice, which makes it ~1e-8 of the pixel loss (reference-2dquant.md 3.4); this is the
+    twice, which makes it ~1e-8 of the pixel loss (so it barely trains anything there); this is the
     intended normalized loss, O(1) in size.
     """
     total = 0.0

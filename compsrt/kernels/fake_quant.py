@@ -1,6 +1,6 @@
 """Per-tensor asymmetric fake quantization with CompSRT's scalar decomposition.
 
-The spec (DESIGN.md "The maths"), for b bits and qmax = 2^b - 1::
+The spec (docs/engine.md, "The maths the runtime executes"), for b bits and qmax = 2^b - 1::
 
     s = (u - l) / qmax + s2          # step: bound-derived part + learned extra
     z = l + z2                       # zero offset: bound part + learned extra

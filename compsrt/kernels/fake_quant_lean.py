@@ -1,4 +1,4 @@
-"""Memory-lean fake quantization for CPU training: matches ``fake_quant_ref``.
+"""Memory-lean fake quantization, what ``fake_quant`` runs on every device: matches ``fake_quant_ref``.
 
 Autograd through the reference keeps about ten full-size temporaries per quantizer alive
 until backward; calibration runs 384 quantizers, so a 4 x 64 x 64 batch needed over 12 GB.

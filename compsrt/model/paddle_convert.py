@@ -130,7 +130,7 @@ def convert_file(src: Path, dst: Path, check_sha: bool = True) -> MambaIRv2Light
     digest = sha256_of(src)
     if check_sha and digest not in KNOWN_SHA256:
         raise CompsrtError(f"{src}: sha256 {digest} is not one of the official MambaIRv2-light files "
-                           "(see /work/shared/weights/README.md); pass --any-sha to convert it anyway")
+                           "(their sums are listed in docs/mambairv2.md); pass --any-sha to convert it anyway")
     model, _ = convert(read_pdparams(src), str(src))
     if digest in KNOWN_SHA256 and KNOWN_SHA256[digest] != model.cfg.scale:
         raise CompsrtError(f"{src}: the file with this sha256 is x{KNOWN_SHA256[digest]}, its tensors say x{model.cfg.scale}")
