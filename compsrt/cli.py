@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .device import parse_device
 from .errors import CompsrtError
-from .io import SUPPORTED_SUFFIXES, check_image_path, load_image, save_image
+from .io import MAX_PIXELS, SUPPORTED_SUFFIXES, check_image_path, load_image, save_image
 from .infer import upscale
 from .load import ARCHS, bundled_model, bundled_models, default_infer_model, load_model
 
@@ -32,14 +32,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=0, help="process in tiles of N LR pixels (0 = whole image)")
     p.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in LR pixels")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse inputs larger than this many pixels, before decoding (default {MAX_PIXELS:,}; 0 = no limit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _is_input(p: Path) -> bool:
+    """An image a folder run takes: an image suffix, not hidden (which also skips our own
+    temp files, ``.<name>.<random>.tmp.<suffix>``, left by a killed run)."""
+    return p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+
+
+def _remove_our_leftovers(folder: Path) -> None:
+    """Temp files a killed run left in an output folder (our pattern only; inputs never touched)."""
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp.*"):
+            if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
+                p.unlink()
 
 
 def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     """(input, output) pairs after checking every path, before any model is loaded."""
     if src.is_dir():
-        files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+        files = sorted(p for p in src.iterdir() if _is_input(p))
         if not files:
             raise CompsrtError(f"{src}: no images ({', '.join(SUPPORTED_SUFFIXES)}) in this folder")
         if dst.exists() and not dst.is_dir():
@@ -80,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             raise CompsrtError("--model and --weights both given; pick one")
         if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
             raise CompsrtError(f"--tile {args.tile} --tile-overlap {args.tile_overlap}: need tile >= 0 and overlap < tile")
+        if 0 < args.tile < 16:
+            raise CompsrtError(f"--tile {args.tile}: tiles must be at least 16 LR pixels (twice the 8-pixel "
+                               "attention window), or 0 for the whole image")
         jobs = _jobs(args.src, args.dst)
         dev = parse_device(args.device)
         weights = args.weights
@@ -88,14 +107,37 @@ def main(argv: list[str] | None = None) -> int:
         elif weights is None:
             weights = default_infer_model(args.scale, args.arch)
         model = load_model(weights, args.scale, args.arch, dev)
-        from tqdm import tqdm
-
-        for src, dst in tqdm(jobs, desc="images", disable=args.quiet or len(jobs) < 2):
-            img = load_image(src)
-            out = upscale(model, img, args.scale, args.tile, args.tile_overlap, dev, progress=not args.quiet)
-            save_image(out, dst)
+        if args.src.is_dir():
+            _remove_our_leftovers(args.dst)
+        return _run(model, jobs, args, dev)
     except (CompsrtError, OSError) as e:
         print(f"compsrt-infer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("compsrt-infer: interrupted; finished outputs are kept, none is partial", file=sys.stderr)
+        return 130
+
+
+def _run(model, jobs: list[tuple[Path, Path]], args: argparse.Namespace, dev) -> int:
+    """Upscale every job; a folder run reports an image that fails in one line and goes on."""
+    from tqdm import tqdm
+
+    if len(jobs) == 1:
+        src, dst = jobs[0]
+        save_image(upscale(model, load_image(src, args.max_pixels), args.scale, args.tile, args.tile_overlap, dev,
+                           progress=not args.quiet), dst)
+        return 0
+    failed = []
+    for src, dst in tqdm(jobs, desc="images", disable=args.quiet):
+        try:
+            img = load_image(src, args.max_pixels)
+            save_image(upscale(model, img, args.scale, args.tile, args.tile_overlap, dev, progress=False), dst)
+        except CompsrtError as e:
+            failed.append(src.name)
+            print(f"compsrt-infer: error: {e}", file=sys.stderr)
+    if failed:
+        print(f"compsrt-infer: {len(jobs) - len(failed)} written, {len(failed)} failed: {', '.join(failed)}",
+              file=sys.stderr)
         return 2
     return 0
 

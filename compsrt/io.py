@@ -15,12 +15,13 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image as PILImage, UnidentifiedImageError
+from PIL import Image as PILImage, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from .errors import CompsrtError
 
 SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAX_PIXELS = 100_000_000   # default input limit (--max-pixels): 100 megapixels
 
 
 @dataclass
@@ -56,22 +57,33 @@ def check_image_path(path: Path) -> None:
         raise CompsrtError(f"{path}: unsupported format '{path.suffix}'; use one of {', '.join(SUPPORTED_SUFFIXES)}")
 
 
-def load_image(path: Path) -> Image:
-    """Read PNG/JPEG/BMP/TIFF: grayscale, RGB, RGBA, palette, 8- or 16-bit.
+def load_image(path: Path, max_pixels: int = MAX_PIXELS) -> Image:
+    """Read PNG/JPEG/BMP/TIFF: grayscale, RGB, RGBA, palette, 8- or 16-bit; EXIF orientation applied.
+
+    The size is checked against ``max_pixels`` from the header, before anything is decoded (0 = no limit).
 
     Raises:
-        CompsrtError: missing, empty, truncated or non-image file.
+        CompsrtError: missing, empty, truncated, too large or non-image file.
     """
     path = Path(path)
     check_image_path(path)
     if path.stat().st_size == 0:
         raise CompsrtError(f"{path}: empty file (0 bytes)")
+    pillow_limit = PILImage.MAX_IMAGE_PIXELS
     try:
+        # Our limit replaces Pillow's bomb check (which would refuse > 179 MP whatever the user asks).
+        PILImage.MAX_IMAGE_PIXELS = None
         with PILImage.open(path) as im:
+            w, h = im.size
+            if max_pixels and w * h > max_pixels:
+                raise CompsrtError(f"{path}: {w}x{h} is {w * h / 1e6:.0f} megapixels, over the {max_pixels / 1e6:g} MP "
+                                   "input limit; pass --max-pixels N to allow it")
             im.load()
-            return _from_pil(im)
+            return _from_pil(ImageOps.exif_transpose(im))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CompsrtError(f"{path}: cannot decode image ({str(e).splitlines()[0][:120]}); is it truncated or not an image?") from None
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def _from_pil(im: PILImage.Image) -> Image:

@@ -233,14 +233,92 @@ def test_folder_in_folder_out(capsys, tmp_path, make_rgb, write_png, test_weight
     assert PILImage.open(dst / "a.png").size == (18, 14) and PILImage.open(dst / "b.bmp").size == (12, 10)
 
 
-def test_folder_with_a_bad_image_stops_cleanly(capsys, tmp_path, make_rgb, write_png, test_weights):
+def test_folder_with_a_bad_image_finishes_the_others(capsys, tmp_path, make_rgb, write_png, test_weights):
     src = tmp_path / "imgs"
     write_png(src / "a.png", make_rgb(6, 6))
     (src / "b.png").write_bytes(b"")
+    write_png(src / "c.png", make_rgb(6, 7))
     dst = tmp_path / "ups"
     rc, err = _run(capsys, src, dst, "--weights", test_weights, "--quiet")
     assert rc == 2 and "b.png" in _error_line(err)
-    assert _stray(dst, {"a.png"}) == []
+    assert "2 written, 1 failed: b.png" in err
+    assert _stray(dst, {"a.png", "c.png"}) == [] and (dst / "c.png").is_file()
+
+
+def test_folder_ignores_hidden_files_and_our_temp_leftovers(capsys, tmp_path, make_rgb, write_png, test_weights):
+    src, dst = tmp_path / "imgs", tmp_path / "ups"
+    write_png(src / "a.png", make_rgb(6, 6))
+    write_png(src / ".hidden.png", make_rgb(6, 6))
+    write_png(src / ".a.png.x1y2.tmp.png", make_rgb(6, 6))      # a killed run's temp file among inputs
+    write_png(dst / ".a.png.k3j4.tmp.png", make_rgb(6, 6))      # and in the output folder
+    write_png(dst / "keep.png", make_rgb(6, 6))
+    rc, err = _run(capsys, src, dst, "--weights", test_weights, "--quiet")
+    assert rc == 0, err
+    assert sorted(p.name for p in dst.iterdir()) == ["a.png", "keep.png"]
+    assert (src / ".a.png.x1y2.tmp.png").is_file()              # inputs are never touched
+
+
+def test_interrupt_is_one_line_exit_130_and_leaves_no_output(capsys, tmp_path, small_png, test_weights, monkeypatch):
+    import compsrt.cli as cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "upscale", interrupted)
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--weights", test_weights, "--quiet")
+    assert rc == 130 and err.count("\n") == 1 and "interrupted" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("device", ["mps", "xpu", "meta", "cpu:1", "cuda:7", "nope"])
+def test_unusable_devices_are_one_line(capsys, tmp_path, small_png, test_weights, device):
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--weights", test_weights, "--device", device)
+    assert rc == 2 and "--device" in _error_line(err)
+
+
+@pytest.mark.parametrize("tile", ["1", "7", "15"])
+def test_tiles_smaller_than_two_windows_are_refused(capsys, tmp_path, small_png, test_weights, tile):
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--weights", test_weights, "--tile", tile,
+                   "--tile-overlap", "0")
+    assert rc == 2 and "at least 16" in _error_line(err)
+
+
+def test_non_finite_weights_are_refused(capsys, tmp_path, small_png, state_dict_x2):
+    from safetensors.torch import save_file
+
+    sd = {k: v.clone() for k, v in state_dict_x2.items()}
+    sd["conv_first.weight"][0, 0, 0, 0] = float("nan")
+    save_file(sd, str(tmp_path / "nan.safetensors"))
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--weights", tmp_path / "nan.safetensors")
+    assert rc == 2 and "NaN or Inf" in _error_line(err)
+
+
+def test_pixel_limit_is_checked_before_decoding(capsys, tmp_path, test_weights):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"   # a 60000 x 60000 RGB header, a few hundred bytes
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    rc, err = _run(capsys, bomb, tmp_path / "o.png", "--weights", test_weights)
+    assert rc == 2 and "--max-pixels" in _error_line(err)
+    rc, err = _run(capsys, bomb, tmp_path / "o.png", "--weights", test_weights, "--max-pixels", "1000")
+    assert rc == 2 and "over the 0.001 MP" in _error_line(err)
+
+
+def test_exif_orientation_is_applied(tmp_path, make_rgb):
+    from compsrt.io import load_image
+
+    a = make_rgb(6, 10, seed=3)
+    im = PILImage.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6          # "rotate 90 CW to view": a phone photo held upright
+    im.save(tmp_path / "p.jpg", exif=exif, quality=100)
+    img = load_image(tmp_path / "p.jpg")
+    assert tuple(img.rgb.shape[1:]) == (10, 6)
 
 
 # -- tiling ---------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except CompsrtError:
         raise
     except Exception as e:  # corrupt file, pickle refused by weights_only, wrong format
@@ -52,6 +53,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CompsrtError(f"{path}: not a state dict (expected {{'params': state_dict}} or a tensor dict)")
+    for k, v in obj.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CompsrtError(f"{path}: tensor {k} holds NaN or Inf; the weights are damaged")
     return obj
 
 
