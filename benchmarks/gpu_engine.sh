@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU call for the compressed engine (issue 19), most important first, within 6 minutes on an
+# One GPU call for the compressed engine (issue 19), most important first, within 6 minutes (the timeouts add up to 340 s) on an
 # H100. Run from the repository root on the lent machine; carry ["csrc/build", "gpu_carry"]:
 #   csrc/build/   the csrc library prebuilt here (python -m compsrt.kernels.packed_linear_cuda), in
 #                 case the GPU machine has no nvcc
@@ -19,25 +19,25 @@ $PY -c "import torch, triton; print('torch', torch.__version__, '| triton', trit
 which nvcc || echo "no nvcc: the carried csrc/build library is the only csrc path"
 
 echo "== 1. CUDA + Triton tests"
-timeout 150 $PY -m pytest tests/kernels/test_csrc.py tests/kernels/test_window_attention_int_triton.py \
+timeout 110 $PY -m pytest tests/kernels/test_csrc.py tests/kernels/test_window_attention_int_triton.py \
     tests/kernels/test_hadamard_quant_triton.py tests/runtime/test_runtime_cuda.py -m "cuda or not cuda" \
     -q -x -p no:cacheprovider -rfEs 2>&1 | tail -25
 
 echo "== 2. benchmarks"
-timeout 100 $PY -m pytest benchmarks/bench_infer.py -k "cuda" -q -p no:cacheprovider \
+timeout 80 $PY -m pytest benchmarks/bench_infer.py -k "cuda" -q -p no:cacheprovider \
     --benchmark-json "$OUT/bench_infer_gpu.json" --benchmark-columns=median,iqr,rounds 2>&1 | tail -25
-timeout 50 $PY -m pytest benchmarks/bench_packed_linear.py -q -p no:cacheprovider \
+timeout 35 $PY -m pytest benchmarks/bench_packed_linear.py -q -p no:cacheprovider \
     --benchmark-json "$OUT/bench_packed_linear.json" --benchmark-columns=median,iqr 2>&1 | tail -20
-timeout 50 $PY -m pytest benchmarks/bench_window_attention_int.py -q -p no:cacheprovider \
+timeout 35 $PY -m pytest benchmarks/bench_window_attention_int.py -q -p no:cacheprovider \
     --benchmark-json "$OUT/bench_window_attention_int.json" --benchmark-columns=median,iqr 2>&1 | tail -20
 
 echo "== 3. Set5 x2, bundled packed W4: CUDA and CPU"
 if [ -d gpu_carry/bench/Set5 ]; then
     for dev in cuda cpu; do
-        timeout 60 $PY -m compsrt.eval --model swinir_light_x2_w4 --scale 2 --data gpu_carry/bench --sets Set5 \
+        timeout 20 $PY -m compsrt.eval --model swinir_light_x2_w4 --scale 2 --data gpu_carry/bench --sets Set5 \
             --device $dev --json "$OUT/eval_w4_$dev.json" --quiet 2>&1 | tail -3
     done
 fi
 echo "== 4. the rest of the kernel tests on CUDA"
-timeout 60 $PY -m pytest tests/kernels -q -p no:cacheprovider -x 2>&1 | tail -5
+timeout 40 $PY -m pytest tests/kernels -q -p no:cacheprovider -x 2>&1 | tail -5
 ls -la "$OUT"
