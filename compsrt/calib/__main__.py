@@ -27,14 +27,26 @@ from ..errors import CompsrtError
 from ..io import atomic_path
 from ..quant.compress import save_calibrated
 from ..load import load_model
-from ..pack import pack_file
-from .calibrate import calibrate
+from ..pack import pack_file, source_sha256
+from .calibrate import CalibrationInterrupted, calibrate
 from .methods import METHODS, method_config
 
 
 def bundled_calib_images() -> Path:
     """A few 256x256 crops of BSD200/T91 training images shipped for the quick default."""
     return Path(str(resources.files("compsrt") / "assets" / "calib"))
+
+
+def _data_identity(folders: list[Path]) -> str:
+    """sha256 over the training images' names and sizes: a resumed run must see the same data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for d in folders:
+        for p in sorted(Path(d).rglob("*")):
+            if p.is_file():
+                h.update(f"{p.relative_to(d)}|{p.stat().st_size}\n".encode())
+    return h.hexdigest()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         train, val = pairs[a.val_images:], pairs[:a.val_images]
         a.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        model, rep = calibrate(fp, train, val, quant, cfg, state, a.resume, not a.quiet, device,
+        identity = {"method": a.method, "scale": a.scale, "val_images": a.val_images,
+                    "weights_sha256": source_sha256(str(a.weights) if a.weights else "bundled", a.scale),
+                    "data_sha256": _data_identity(data)}
+        model, rep = calibrate(fp, train, val, quant, cfg, state, a.resume, not a.quiet, device, identity=identity,
                                minutes=a.minutes)
         wall = time.perf_counter() - t0
         weights_name = str(a.weights) if a.weights else f"bundled swinir_light_x{a.scale}"
@@ -179,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     except (CompsrtError, OSError) as e:
         print(f"compsrt.calib: error: {e}", file=sys.stderr)
         return 2
+    except CalibrationInterrupted as e:
+        where = f"{a.out / 'calib_state.safetensors'} holds iteration {e.iteration}" if e.saved else "nothing saved"
+        print(f"compsrt.calib: interrupted; {where}: run the same command with --resume to continue", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("compsrt.calib: interrupted before finetuning began; nothing saved", file=sys.stderr)
+        return 130
     print((a.out / "report.md").read_text())
     return 0
 

@@ -106,26 +106,86 @@ def _qstate(model: torch.nn.Module) -> dict[str, Tensor]:
             if k.endswith((".lower", ".upper", ".step_extra", ".zero_extra"))}
 
 
-def _save_state(path: Path, model, opt: ScalarAdam, it: int, best: dict, report: CalibReport) -> None:
+class CalibrationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during finetuning: raised at the end of the iteration it arrived in, after the
+    state was saved (when there is a state file), so ``--resume`` continues exactly."""
+
+    def __init__(self, iteration: int, saved: bool) -> None:
+        super().__init__(iteration)
+        self.iteration, self.saved = iteration, saved
+
+
+class _DeferredInterrupt:
+    """While active (main thread only), the first Ctrl-C sets ``requested``; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested, self._old = False, None
+
+    def __enter__(self) -> "_DeferredInterrupt":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+# CalibConfig fields that cannot change the result: a resumed run may differ in them.
+_RESUMABLE_FIELDS = ("iters",)   # --minutes shortens iters; the schedule then follows the saved length
+
+
+def _run_config(quant: QuantConfig, cfg: CalibConfig, identity: dict | None) -> dict:
+    """What a resumed run must share with the run that wrote the state."""
+    calib = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_FIELDS}
+    return {"quant": asdict(quant), "calib": calib, "identity": identity or {}}
+
+
+def _save_state(path: Path, model, opt: ScalarAdam, it: int, best: dict, report: CalibReport, run: dict) -> None:
     from safetensors.torch import save_file
 
     t = {f"q.{k}": v.cpu().contiguous() for k, v in _qstate(model).items()}
     t.update({f"best.{k}": v.cpu().contiguous() for k, v in best.items()})
     t.update(opt.state_tensors())
-    meta = {"iteration": str(it), "report": json.dumps(asdict(report))}
+    meta = {"iteration": str(it), "report": json.dumps(asdict(report)), "run": json.dumps(run, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file(t, str(tmp), metadata=meta)
 
 
-def _load_state(path: Path, model, opt: ScalarAdam) -> tuple[int, dict, CalibReport]:
+def _load_state(path: Path, model, opt: ScalarAdam, run: dict) -> tuple[int, dict, CalibReport]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    t = load_file(str(path))
-    if "adam.base_lrs" not in t:
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        t = load_file(str(path))
+    except Exception as e:   # empty, truncated or not a safetensors file
+        raise CompsrtError(f"{path}: unreadable calibration state ({str(e).splitlines()[0][:100]}); "
+                           "start again in another --out") from None
+    if "adam.base_lrs" not in t or "run" not in meta:
         raise CompsrtError(f"{path}: a calibration state from an older compsrt; start again in another --out")
+    try:
+        saved = json.loads(meta["run"])
+        iteration, old_report = int(meta["iteration"]), json.loads(meta["report"])
+    except (ValueError, KeyError, TypeError):
+        raise CompsrtError(f"{path}: damaged calibration state (its header); start again in another --out") from None
+    if saved != json.loads(json.dumps(run, sort_keys=True)):
+        diff = sorted(f"{part}.{k}" for part in ("quant", "calib", "identity")
+                      for k in set(saved.get(part, {})) | set(run.get(part, {}))
+                      if saved.get(part, {}).get(k) != run.get(part, {}).get(k))
+        raise CompsrtError(f"{path}: --resume with different settings than the run it continues ({', '.join(diff)}); "
+                           "resume with the options it was started with, or start again in another --out")
     dev = next(model.parameters()).device
     own = dict(model.named_parameters())
     try:
@@ -138,7 +198,10 @@ def _load_state(path: Path, model, opt: ScalarAdam) -> tuple[int, dict, CalibRep
         raise CompsrtError(f"{path}: does not match this run ({e}); resume with the options it was started "
                            "with, or start again in another --out") from None
     best = {k[5:]: v.to(dev) for k, v in t.items() if k.startswith("best.")}
-    return int(meta["iteration"]), best, CalibReport(**json.loads(meta["report"]))
+    try:
+        return iteration, best, CalibReport(**old_report)
+    except TypeError:
+        raise CompsrtError(f"{path}: damaged calibration state (its report); start again in another --out") from None
 
 
 def _optimizer(model: torch.nn.Module, cfg: CalibConfig) -> ScalarAdam:
@@ -192,7 +255,8 @@ def cosine_lr_(opt: ScalarAdam, it: int, iters: int) -> None:
 def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantConfig, cfg: CalibConfig,
               state_path: Path | None = None, resume: bool = False, progress: bool = True,
               device: str | torch.device = "cpu", minutes: float = 0.0,
-              graph: Callable[[], Graph] | None = None) -> tuple[SwinIRLight, CalibReport]:
+              graph: Callable[[], Graph] | None = None,
+              identity: dict | None = None) -> tuple[SwinIRLight, CalibReport]:
     """Quantize ``fp`` with DOBI + DQC; returns the calibrated model (best state) and a report.
 
     Args:
@@ -206,6 +270,8 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         graph: makes the graph the step is captured in (:mod:`.graphed_step`); None = a CUDA
             graph where the step can be graphed (CUDA, no recompute, no feature loss), else eager.
             Tests pass an eager stand-in to run the graphed path on the CPU.
+        identity: what else a resumed run must share (weights, data, method...): recorded in
+            the state with both configs; ``resume`` refuses a state that differs.
     """
     from tqdm import tqdm
 
@@ -221,6 +287,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         vfp = teacher(_to_input(vlr, device)).clamp(0, 1)
     start, best = 0, {}
     resuming = resume and state_path is not None and state_path.exists()
+    run = _run_config(quant, cfg, identity)
     if not resuming:
         t0 = time.perf_counter()
         search_bounds_(student, train, cfg, device)
@@ -232,7 +299,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
         best = _qstate(student)
     opt = _optimizer(student, cfg)
     if resuming:
-        start, best, report = _load_state(state_path, student, opt)
+        start, best, report = _load_state(state_path, student, opt, run)
     taps = (StageTaps(student), StageTaps(teacher)) if cfg.feature_loss > 0 else None
     qs, params = quantizers(student), opt.params
     last_good = [p.detach().clone() for p in params]
@@ -243,48 +310,54 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     budget.loop_started()
     bar = tqdm(range(start, cfg.iters), initial=start, total=cfg.iters, desc=f"DQC w{quant.bits}a{quant.bits}",
                disable=not progress)
-    for it in bar:
-        lr_np, _ = random_patches(train, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, s)
-        x = _to_input(lr_np, device)
-        cosine_lr_(opt, it, cfg.iters)
-        if build_graph:   # on the first batch; the state is left as it was
-            build_graph, graphed = False, GraphedStep(student, teacher, opt, qs, cfg, x, (graph or CudaGraph)())
-            why_eager = graphed.build(x)
-            if why_eager:
-                graphed, report.step_mode = None, f"eager ({why_eager})"
-        if graphed is not None:
-            loss = graphed.step(x).item()
-        else:
-            loss = finetune_step_(student, teacher, x, opt, qs, cfg, taps).item()   # already synced by its check
-        if not math.isfinite(loss):   # (a graph's step has updated anyway: the kept state is loaded below)
-            report.stopped = f"non-finite loss at iteration {it}; kept the last finite state"
-            break
-        with torch.no_grad():   # batched: one op per quantizer scalar would cost more than the GPU step
-            if params and not bool(torch.isfinite(torch.stack(params)).all()):  # one host sync
-                torch._foreach_copy_(params, last_good)
-                report.stopped = f"non-finite quantizer parameter after iteration {it}; kept the last finite state"
+    with _DeferredInterrupt() as interrupt:
+        for it in bar:
+            lr_np, _ = random_patches(train, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, s)
+            x = _to_input(lr_np, device)
+            cosine_lr_(opt, it, cfg.iters)
+            if build_graph:   # on the first batch; the state is left as it was
+                build_graph, graphed = False, GraphedStep(student, teacher, opt, qs, cfg, x, (graph or CudaGraph)())
+                why_eager = graphed.build(x)
+                if why_eager:
+                    graphed, report.step_mode = None, f"eager ({why_eager})"
+            if graphed is not None:
+                loss = graphed.step(x).item()
+            else:
+                loss = finetune_step_(student, teacher, x, opt, qs, cfg, taps).item()   # already synced by its check
+            if not math.isfinite(loss):   # (a graph's step has updated anyway: the kept state is loaded below)
+                report.stopped = f"non-finite loss at iteration {it}; kept the last finite state"
                 break
-            if params:
-                torch._foreach_copy_(last_good, params)
-        done_here += 1
-        report.iters_done = it + 1
-        bar.set_postfix(loss=f"{loss:.5f}")
-        fitted = budget.shorten(cfg, report.iters_done, bar)
-        if fitted is not cfg:
-            cfg = fitted
-            report.calib = asdict(cfg)
-        if report.iters_done % cfg.val_every == 0 or report.iters_done == cfg.iters:
-            score, fid, l1 = val_scores(student, vlr, vhr, vfp, s, device)
-            report.history.append({"iteration": report.iters_done, "val_psnr_db": round(score, 4),
-                                   "val_fidelity_db": round(fid, 4), "val_l1": round(l1, 6),
-                                   "loss": round(loss, 6)})
-            if fid > report.best_fidelity_db:
-                report.best_fidelity_db, report.best_val_psnr_db = fid, score
-                report.best_iter, best = report.iters_done, _qstate(student)
-            if state_path is not None:
-                _save_state(state_path, student, opt, report.iters_done, best, report)
-        if report.iters_done >= cfg.iters:
-            break
+            with torch.no_grad():   # batched: one op per quantizer scalar would cost more than the GPU step
+                if params and not bool(torch.isfinite(torch.stack(params)).all()):  # one host sync
+                    torch._foreach_copy_(params, last_good)
+                    report.stopped = f"non-finite quantizer parameter after iteration {it}; kept the last finite state"
+                    break
+                if params:
+                    torch._foreach_copy_(last_good, params)
+            done_here += 1
+            report.iters_done = it + 1
+            bar.set_postfix(loss=f"{loss:.5f}")
+            fitted = budget.shorten(cfg, report.iters_done, bar)
+            if fitted is not cfg:
+                cfg = fitted
+                report.calib = asdict(cfg)
+            if report.iters_done % cfg.val_every == 0 or report.iters_done == cfg.iters:
+                score, fid, l1 = val_scores(student, vlr, vhr, vfp, s, device)
+                report.history.append({"iteration": report.iters_done, "val_psnr_db": round(score, 4),
+                                       "val_fidelity_db": round(fid, 4), "val_l1": round(l1, 6),
+                                       "loss": round(loss, 6)})
+                if fid > report.best_fidelity_db:
+                    report.best_fidelity_db, report.best_val_psnr_db = fid, score
+                    report.best_iter, best = report.iters_done, _qstate(student)
+                if state_path is not None:
+                    _save_state(state_path, student, opt, report.iters_done, best, report, run)
+            if interrupt.requested:
+                saved = state_path is not None
+                if saved:
+                    _save_state(state_path, student, opt, report.iters_done, best, report, run)
+                raise CalibrationInterrupted(report.iters_done, saved)
+            if report.iters_done >= cfg.iters:
+                break
     report.finetune_seconds += time.perf_counter() - t_start
     if done_here:
         report.seconds_per_iter = (time.perf_counter() - t_start) / done_here

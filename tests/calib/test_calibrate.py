@@ -365,9 +365,71 @@ def test_resume_rejects_a_state_of_another_run(fp_model, tmp_path):
     cfg = CalibConfig(iters=2, batch=1, patch=16, calib_batch=1, val_every=2, val_patches=1)
     state = tmp_path / "state.safetensors"
     calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, state_path=state, progress=False)
-    with pytest.raises(CompsrtError, match="does not match this run"):   # 2dquant trains fewer scalars
+    with pytest.raises(CompsrtError, match="different settings.*quant.decompose"):
         calibrate(fp_model, pairs[1:], pairs[:1], method_config("2dquant", 3), CalibConfig(**{**cfg.__dict__, "iters": 3}),
                   state_path=state, resume=True, progress=False)
+    with pytest.raises(CompsrtError, match="different settings.*quant.bits"):   # a 2-bit resume of a 3-bit run
+        calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=2), cfg, state_path=state, resume=True,
+                  progress=False)
+    with pytest.raises(CompsrtError, match="calib.lr"):
+        calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), CalibConfig(**{**cfg.__dict__, "lr": 0.5}),
+                  state_path=state, resume=True, progress=False)
+    with pytest.raises(CompsrtError, match="identity.weights_sha256"):
+        calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, state_path=state, resume=True,
+                  progress=False, identity={"weights_sha256": "other"})
+    # more iterations (or a --minutes budget) is a continuation, not another run
+    _, rep = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), CalibConfig(**{**cfg.__dict__, "iters": 3}),
+                       state_path=state, resume=True, progress=False)
+    assert rep.iters_done == 3
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"not a state at all", None])
+def test_a_damaged_state_is_a_one_line_error(fp_model, tmp_path, content):
+    from compsrt.errors import CompsrtError
+
+    pairs = smooth_images(4, 64, 3)
+    cfg = CalibConfig(iters=2, batch=1, patch=16, calib_batch=1, val_every=2, val_patches=1)
+    state = tmp_path / "state.safetensors"
+    calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, state_path=state, progress=False)
+    if content is None:
+        state.write_bytes(state.read_bytes()[:-40])   # truncated
+    else:
+        state.write_bytes(content)
+    with pytest.raises(CompsrtError, match="calibration state") as e:
+        calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, state_path=state, resume=True,
+                  progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_ctrl_c_saves_the_state_at_the_iteration_end_and_resume_is_exact(fp_model, tmp_path, monkeypatch):
+    """A SIGINT mid-iteration is deferred to the iteration's end: the state is written there,
+    CalibrationInterrupted names the iteration, and --resume ends bit for bit as an unbroken run."""
+    import signal
+
+    import compsrt.calib.calibrate as cal
+
+    pairs = smooth_images(5, 64, 3)
+    cfg = CalibConfig(iters=5, batch=1, patch=16, calib_batch=1, val_every=4, val_patches=1)
+    state = tmp_path / "state.safetensors"
+    whole, rep_whole = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, progress=False)
+    real, calls = cal.random_patches, {"n": 0}
+
+    def signalled(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:   # inside iteration 2 (calls: DOBI batch, validation patches, it 0, 1, 2...)
+            signal.raise_signal(signal.SIGINT)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cal, "random_patches", signalled)
+    with pytest.raises(cal.CalibrationInterrupted) as e:
+        calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, state_path=state, progress=False)
+    assert e.value.saved and e.value.iteration >= 1 and state.is_file()
+    monkeypatch.setattr(cal, "random_patches", real)
+    resumed, rep = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, state_path=state,
+                             resume=True, progress=False)
+    assert rep.iters_done == 5 and rep.history == rep_whole.history
+    for a, b in zip(quant_parameters(whole), quant_parameters(resumed)):
+        assert torch.equal(a, b)
 
 
 def test_feature_loss_trains_across_validation_checks(fp_model):
@@ -511,3 +573,28 @@ def test_calib_cli_writes_a_packed_model_that_the_runtime_runs(fp_model, tmp_pat
     Image.fromarray(smooth_images(1, 40, 9)[0].lr).save(src)
     assert infer([str(src), str(tmp_path / "o.png"), "--weights", str(out / "model.safetensors"), "--quiet"]) == 0
     assert Image.open(tmp_path / "o.png").size == (40, 40)
+
+
+def test_calib_cli_ctrl_c_is_one_line_naming_resume(fp_model, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    import compsrt.calib.__main__ as cli
+    from compsrt.calib.calibrate import CalibrationInterrupted
+
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in fp_model.state_dict().items()}, str(weights))
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for i, p in enumerate(smooth_images(3, 160, 21)):
+        Image.fromarray(p.hr).save(data / f"{i}.png")
+
+    def interrupted(*a, **k):
+        raise CalibrationInterrupted(7, True)
+
+    monkeypatch.setattr(cli, "calibrate", interrupted)
+    rc = cli.main(["--scale", "2", "--weights", str(weights), "--data", str(data), "--val-images", "1",
+                   "--out", str(tmp_path / "c"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 130 and err.count("\n") == 1 and "iteration 7" in err and "--resume" in err
+    assert not (tmp_path / "c" / "model.safetensors").exists()
