@@ -49,7 +49,7 @@ def code_ties(fake, packed, x) -> dict:
                 s2, z2 = aq.extras()
                 part = r[:, rt.dc:]
                 _, want = fake_quant_ref(part, aq.lower, aq.upper, mod.wq[0].bits, s2, z2, return_codes=True)
-                got, _ = rt._codes(t, r, i)
+                got, _ = rt.activation_codes(t, r, i)
                 got = got[:, rt.dc:rt.n].to(torch.uint8)
                 codes_off += int((got != want).sum())
                 codes_all += want.numel()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..kernels import cpu_kernels
 from ..kernels.bitpack import pack_bits
 from ..kernels.hadamard import hadamard_ref
 from ..kernels.hadamard_quant import hadamard_quant, quantize_ref
@@ -79,13 +80,16 @@ class PackedLinear(nn.Module):
         self.register_buffer("a_qp", a_rt, persistent=False)
         self.register_buffer("dc_w", None if dc_w is None else dc_w.float(), persistent=False)
         self.use_cuda_kernel = False   # set by the loader when the csrc library is available
+        # the same scalars as Python floats for the CUDA launcher (read without a device sync)
+        self.alpha_f, self.beta_f = [float(v) for v in sx * sw], [float(v) for v in sx * zw]
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, n={self.n}, bits={self.bits}, "
                 f"splits={self.splits}, rotate={self.rotate}, exact_dc={bool(self.dc)}, pruned={not self.trivial_mask}")
 
-    def _codes(self, x: Tensor, r: Tensor | None, i: int) -> tuple[Tensor, Tensor | None]:
-        """int8 (M, k_store) codes of the flat input for split i, and the FP DC (M, 1) or None."""
+    def activation_codes(self, x: Tensor, r: Tensor | None, i: int) -> tuple[Tensor, Tensor | None]:
+        """int8 (M, k_store) codes of the flat input ``x`` (its rotation ``r``, or None on CUDA) for
+        split i, and the FP DC (M, 1) or None: the PyTorch / Triton path's activation quantizer."""
         if x.is_cuda and self.rotate:
             q, dc = hadamard_quant(x, self.a_qp[i], self.bits, -1, bool(self.dc))
         else:
@@ -99,20 +103,47 @@ class PackedLinear(nn.Module):
             q = torch.nn.functional.pad(q, (0, self.k_store - q.shape[1]))
         return q, dc
 
+    def _cpu_operands(self) -> tuple:
+        """The fused CPU kernel's weight words and epilogue vectors, built from the buffers on first
+        use (and again after a buffer was replaced, e.g. by ``.to()``, or changed in place)."""
+        srcs = (self.w_t, self.c0, self.a_qp, self.alpha, self.beta, self.dc_w)
+        key = tuple((t.data_ptr(), t._version) for t in srcs if t is not None)
+        cached = getattr(self, "_cpu_cache", None)
+        if cached is None or cached[0] != key:
+            per = self.out_features // self.splits
+            wpack, mpack = cpu_kernels.pack_linear_weights(self.w_t, per)
+            vec = lambda t: None if t is None else t.detach().float().reshape(-1).contiguous()   # noqa: E731
+            ops = (wpack, mpack, self.a_qp.detach().float().reshape(-1, 4).contiguous(), vec(self.alpha),
+                   vec(self.beta), vec(self.c0), vec(self.dc_w) if self.dc else None)
+            self._cpu_cache = cached = (key, ops)
+        return cached[1]
+
+    def _forward_cpu(self, x: Tensor) -> Tensor:
+        """The fused CPU path (csrc/cpu_kernels.cpp): one pass over the rows rotates each once, and
+        per split quantizes, multiplies with the weight codes and writes the epilogue's output."""
+        wpack, mpack, qp, alpha, beta, c0, dc_w = self._cpu_operands()
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        return cpu_kernels.packed_linear_cpu(x, qp, self.bits, bool(self.dc), self.rotate, wpack, mpack,
+                                             self.out_features // self.splits, alpha, beta, c0, dc_w)
+
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features).float()
+        if (x.device.type == "cpu" and cpu_kernels.linear_supported(self.n, self.out_features // self.splits)
+                and cpu_kernels.available()):
+            return self._forward_cpu(x).reshape(*lead, self.out_features)
         # The splits read the same input: rotate it once (on CUDA the fused kernel rotates per split).
         r = hadamard_ref(x, -1) if self.rotate and not x.is_cuda else None
         per = self.out_features // self.splits
         outs = []
         for i in range(self.splits):
-            q, dc = self._codes(x, r, i)
+            q, dc = self.activation_codes(x, r, i)
             rows = slice(i * per, (i + 1) * per)
             dc_w = None if self.dc_w is None else self.dc_w[rows]
             if self.use_cuda_kernel and x.is_cuda:
                 mp = None if self.m_planes is None else self.m_planes[rows]
-                y = packed_linear(q, self.w_planes[rows], mp, self.bits, float(self.alpha[i]), float(self.beta[i]),
+                y = packed_linear(q, self.w_planes[rows], mp, self.bits, self.alpha_f[i], self.beta_f[i],
                                   self.c0[rows], dc, dc_w)
             else:
                 y = linear_int8(q, self.w_t[i], per, self.alpha[i], self.beta[i], self.c0[rows], dc, dc_w)
@@ -133,5 +164,14 @@ class PackedAttend(nn.Module):
         return f"bits={self.bits}, rotate={self.rotate}, exact_dc={self.keep_dc}"
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
+        if q.device.type == "cpu" and cpu_kernels.attention_supported(q) and cpu_kernels.available():
+            # Fused CPU kernel; its 5-d output lies in memory as (B, nW, N, heads, d), so the
+            # caller's transpose back to (B * nW, N, C) is a view.
+            q, k, v, bias = (t.float() for t in (q, k, v, bias))
+            q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+            if bias.stride(-1) != 1 and bias.numel() <= 1 << 16:
+                bias = bias.contiguous()   # the (heads, N, N) position bias: rows load faster than gathers
+            return cpu_kernels.window_attention_int_cpu(q, k, v, bias, scale, self.qp, self.bits, self.keep_dc,
+                                                        self.rotate)
         return window_attention_int(q.float(), k.float(), v.float(), bias.float(), scale, self.qp, self.bits,
                                     self.keep_dc, self.rotate)

@@ -6,6 +6,7 @@ import torch
 
 import compsrt.kernels.packed_linear as packed_linear_mod
 import compsrt.kernels.window_attention_int as attention_mod
+from compsrt.kernels import cpu_kernels
 from compsrt.config import QuantConfig
 from compsrt.quant.pack import pack_model, read_packed, save_packed
 from compsrt.quant.qmodules import QuantAttend, QuantLinear
@@ -95,9 +96,21 @@ def test_not_a_dequantize_at_load_runtime(make_calibrated, tmp_path, monkeypatch
         raise AssertionError("F.linear called: a product ran in float")
 
     monkeypatch.setattr(torch.nn.functional, "linear", no_linear)
-    with torch.no_grad():
+    with torch.no_grad(), monkeypatch.context() as mp:   # the PyTorch path
+        mp.setattr(cpu_kernels, "available", lambda: False)
         rt(torch.rand(1, 3, 16, 16))
     assert calls == {"int_mm": n_lin, "int_bmm": 2 * n_att}
+    if cpu_kernels.available():   # the fused CPU kernels: one call per module, integer inside
+        fused = {"packed_linear_cpu": 0, "window_attention_int_cpu": 0}
+        for name in fused:
+            def wrapped(*a, _fn=getattr(cpu_kernels, name), _name=name, **k):
+                fused[_name] += 1
+                return _fn(*a, **k)
+            monkeypatch.setattr(cpu_kernels, name, wrapped)
+        with torch.no_grad():
+            rt(torch.rand(1, 3, 16, 16))
+        n_mods = sum(1 for mod in rt.modules() if isinstance(mod, PackedLinear))
+        assert fused == {"packed_linear_cpu": n_mods, "window_attention_int_cpu": n_att}
 
 
 def test_integer_accumulators_are_exact(make_calibrated, tmp_path):
