@@ -42,7 +42,7 @@ ROUNDS, WARMUP = (30, 3) if CUDA else (2, 0)
 
 
 def official_way(x, lower, upper, bits, step_extra, zero_extra, dim=-1):
-    """The official code's quantizer (reference-compsrt.md 1.1 and 1.3), written for comparison:
+    """The official code's quantizer (docs/method_notes.md), written for comparison:
     pad every axis to a power of two, build H with scipy on every call and copy it to x's device,
     rotate the last axis, fake-quantize in the rotated domain (codes not clamped), rotate back,
     crop. It only rotates the last axis, so dim=-2 goes through a transposed view."""

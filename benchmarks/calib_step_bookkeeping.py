@@ -32,7 +32,7 @@ def per_call_ms(fn, repeats: int, device: torch.device) -> float:
 
 def main() -> None:
     from calib_step_memory import dobi_student
-    from compsrt.calib.calibrate import _optimizer
+    from compsrt.calib.calibrate import quant_optimizer
     from compsrt.config import CalibConfig
     from compsrt.quant.qmodules import project_quantizers_, quantizers
 
@@ -44,7 +44,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = dobi_student("compsrt", torch.rand(1, 3, 16, 16, device=dev), max_elems=1 << 12)
     qs = quantizers(model)
-    new = _optimizer(model, CalibConfig())
+    new = quant_optimizer(model, CalibConfig())
     params = new.params
     for prm in params:
         prm.grad = torch.randn_like(prm) * 1e-3

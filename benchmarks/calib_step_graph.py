@@ -33,7 +33,7 @@ def main() -> int:
         return 0
 
     from calib_step_memory import dobi_student
-    from compsrt.calib.calibrate import _optimizer
+    from compsrt.calib.calibrate import quant_optimizer
     from compsrt.calib.graphed_step import CudaGraph, GraphedStep
     from compsrt.calib.step import finetune_step_
     from compsrt.config import CalibConfig
@@ -46,7 +46,7 @@ def main() -> int:
     x = torch.rand(a.batch, 3, 64, 64, device=dev)
     student = dobi_student(a.method, x, recompute=False)
     cfg = CalibConfig(recompute=False)
-    opt, qs = _optimizer(student, cfg), quantizers(student)
+    opt, qs = quant_optimizer(student, cfg), quantizers(student)
     graphed = GraphedStep(student, fp, opt, qs, cfg, x, CudaGraph())
     t0 = time.perf_counter()
     why = graphed.build(x)

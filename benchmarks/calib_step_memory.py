@@ -44,7 +44,7 @@ def dobi_student(method: str, x, recompute: bool = True, max_elems: int = 1 << 1
 def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = "cpu", profile: int = 0) -> dict:
     import torch
 
-    from compsrt.calib.calibrate import _optimizer
+    from compsrt.calib.calibrate import quant_optimizer
     from compsrt.calib.step import finetune_step_
     from compsrt.config import CalibConfig
     from compsrt.load import load_model
@@ -56,7 +56,7 @@ def one_run(batch: int, steps: int, method: str, recompute: bool, device: str = 
     x = torch.rand(batch, 3, 64, 64, device=dev)
     student = dobi_student(method, x, recompute)
     cfg = CalibConfig()
-    opt, qs = _optimizer(student, cfg), quantizers(student)
+    opt, qs = quant_optimizer(student, cfg), quantizers(student)
 
     def step() -> None:
         finetune_step_(student, fp, x, opt, qs, cfg)

@@ -106,3 +106,16 @@ def random_patches(pairs: list[Pair], rng: np.random.Generator, n: int, lr_patch
         lrs.append(lr.transpose(2, 0, 1))
         hrs.append(hr.transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(lrs)), np.ascontiguousarray(np.stack(hrs))
+
+
+def split_holdout(pairs: list[Pair], n: int, seed: int | None = None) -> tuple[list[Pair], list[Pair]]:
+    """(train, held out): ``n`` pairs held out for validation, the rest (in order) to train on.
+
+    ``seed=None`` holds out the first ``n`` (calibration's rule: the CLI's ``--val-images``);
+    a seed holds out a fixed random choice of ``n`` (FP training's rule), the same for the same seed.
+    """
+    if seed is None:
+        return pairs[n:], pairs[:n]
+    idx = np.random.default_rng(seed + 12345).permutation(len(pairs))
+    val = set(idx[:n].tolist())
+    return [p for i, p in enumerate(pairs) if i not in val], [p for i, p in enumerate(pairs) if i in val]

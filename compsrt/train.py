@@ -8,7 +8,9 @@ a held-out slice of the *training* images, never on a benchmark set.
 Reproducibility: the crops of iteration ``i`` come from ``default_rng([seed, i])``, so a run
 needs no saved RNG state; a resumed run replays exactly the batches an uninterrupted run
 would have seen. The state file (weights, Adam moments, iteration, best score) is written
-atomically as safetensors with a JSON header: no pickle.
+atomically as safetensors with a JSON header, the format calibration's state shares
+(:mod:`compsrt.state`): no pickle. The cosine (:mod:`compsrt.schedule`) and the held-out split
+(:func:`compsrt.data.split_holdout`, here a seeded choice) are shared with calibration too.
 
 Run folder: ``state.safetensors`` (resume), ``best.safetensors`` (weights only, keep-best),
 ``log.jsonl`` (one line per validation), ``args.json``.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,17 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-
 from .budget import TimeBudget
 from .config import SwinIRConfig
-from .data import Pair, load_training_pairs, random_patches
+from .data import Pair, load_training_pairs, random_patches, split_holdout
 from .device import parse_device
 from .errors import CompsrtError
-from .io import atomic_path
 from .metrics import psnr
 from .model.swinir import SwinIRLight
-from .model.weights import load_into, read_state_dict, save_state_dict
+from .model.weights import read_state_dict, save_state_dict
+from .schedule import cosine
+from .state import read_state, write_state
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,7 @@ def lr_at(cfg: TrainConfig, it: int) -> float:
     if it < cfg.warmup:
         return cfg.lr * (it + 1) / cfg.warmup
     t = (it - cfg.warmup) / max(1, cfg.iters - cfg.warmup)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def split_holdout(pairs: list[Pair], n_val: int, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """A seeded, fixed choice of ``n_val`` images for validation; the rest train."""
-    idx = np.random.default_rng(seed + 12345).permutation(len(pairs))
-    val = set(idx[:n_val].tolist())
-    return [p for i, p in enumerate(pairs) if i not in val], [p for i, p in enumerate(pairs) if i in val]
+    return cosine(min(1.0, t), 1, cfg.lr, cfg.min_lr)
 
 
 def to_tensor(a: np.ndarray) -> torch.Tensor:
@@ -102,32 +95,35 @@ def validate(model: SwinIRLight, val: list[Pair], cfg: TrainConfig) -> float:
     return float(np.mean(scores))
 
 
+_STATE = "training state"
+_START_AGAIN = "start again in another --out"
+
+
 def save_state(path: Path, model: SwinIRLight, opt: torch.optim.Adam, it: int, best: float, cfg: TrainConfig) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     for i, p in enumerate(model.parameters()):
         st = opt.state.get(p)
         if st:
-            tensors[f"adam.{i}.exp_avg"] = st["exp_avg"].cpu().contiguous()
-            tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"].cpu().contiguous()
-            tensors[f"adam.{i}.step"] = st["step"].cpu().reshape(1).float()
-    meta = {"iteration": str(it), "best_psnr_db": repr(best), "config": json.dumps(asdict(cfg))}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+            tensors[f"adam.{i}.exp_avg"] = st["exp_avg"]
+            tensors[f"adam.{i}.exp_avg_sq"] = st["exp_avg_sq"]
+            tensors[f"adam.{i}.step"] = st["step"].reshape(1).float()
+    write_state(path, tensors, {"iteration": it, "best_psnr_db": best, "config": asdict(cfg)})
 
 
 def load_state(path: Path, model: SwinIRLight, opt: torch.optim.Adam) -> tuple[int, float]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    t = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    t, meta = read_state(path, _STATE, _START_AGAIN)
+    try:
+        it, best = int(meta["iteration"]), float(meta["best_psnr_db"])
+        model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise CompsrtError(f"{path}: damaged {_STATE} or one of another model ({str(e).splitlines()[0][:100]}); "
+                           f"{_START_AGAIN}") from None
     for i, p in enumerate(model.parameters()):
         if f"adam.{i}.exp_avg" in t:
             opt.state[p] = {"exp_avg": t[f"adam.{i}.exp_avg"].to(p.device),
                             "exp_avg_sq": t[f"adam.{i}.exp_avg_sq"].to(p.device),
                             "step": t[f"adam.{i}.step"].reshape(())}
-    return int(meta["iteration"]), float(meta["best_psnr_db"])
+    return it, best
 
 
 def init_from(model: SwinIRLight, path: Path) -> int:
@@ -169,7 +165,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = Tr
     big = [p for p in pairs if min(p.lr.shape[:2]) >= cfg.patch]
     if len(big) < len(pairs):
         print(f"skipping {len(pairs) - len(big)} images smaller than the {cfg.patch}px LR patch", file=sys.stderr)
-    train_set, val_set = split_holdout(big, cfg.val_images, cfg.seed)
+    train_set, val_set = split_holdout(big, cfg.val_images, seed=cfg.seed)
     (out / "args.json").write_text(json.dumps(asdict(cfg), indent=1))
     model.train()
     budget.loop_started()

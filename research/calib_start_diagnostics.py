@@ -1,20 +1,24 @@
 """Why CompSRT's finetuning gains little at 2 bits: looks at the DOBI start and what follows.
 
-    python benchmarks/calib_start_diagnostics.py dobi-error --bits 2 --methods 2dquant compsrt
-    python benchmarks/calib_start_diagnostics.py linesearch --bits 2 --methods 2dquant compsrt
-    python benchmarks/calib_start_diagnostics.py grad-snr --bits 2 --batches 8
-    python benchmarks/calib_start_diagnostics.py attribution --bits 2
-    python benchmarks/calib_start_diagnostics.py train-group --bits 2 --iters 50
-    python benchmarks/calib_start_diagnostics.py rescore C1/model.safetensors C2/model.safetensors --patches 48
-    python benchmarks/calib_start_diagnostics.py weight-shape [--compare compsrt/weights/mambairv2_light_x2.safetensors]
-    python benchmarks/calib_start_diagnostics.py group-off C1/model.safetensors C2/model.safetensors [--set Set5] [--clip]
-    python benchmarks/calib_start_diagnostics.py clip-channels C1/model.safetensors C2/model.safetensors [--set Set5]
-    python benchmarks/calib_start_diagnostics.py widen C1/model.safetensors C2/model.safetensors [--alphas 1 1.15 1.3 0.9]
-    python benchmarks/calib_start_diagnostics.py ln-shift --bits 2 --iters 100
+    python research/calib_start_diagnostics.py dobi-error --bits 2 --methods 2dquant compsrt
+    python research/calib_start_diagnostics.py linesearch --bits 2 --methods 2dquant compsrt
+    python research/calib_start_diagnostics.py grad-snr --bits 2 --batches 8
+    python research/calib_start_diagnostics.py attribution --bits 2
+    python research/calib_start_diagnostics.py train-group --bits 2 --iters 50
+    python research/calib_start_diagnostics.py rescore C1/calibrated.safetensors C2/calibrated.safetensors --patches 48
+    python research/calib_start_diagnostics.py weight-shape [--compare compsrt/weights/mambairv2_light_x2.safetensors]
+    python research/calib_start_diagnostics.py group-off C1/calibrated.safetensors C2/calibrated.safetensors --bench B [--set Set5] [--clip]
+    python research/calib_start_diagnostics.py clip-channels C1/calibrated.safetensors C2/calibrated.safetensors --bench B [--set Set5]
+    python research/calib_start_diagnostics.py widen C1/calibrated.safetensors C2/calibrated.safetensors --bench B [--alphas 1 1.15 1.3 0.9]
+    python research/calib_start_diagnostics.py ln-shift --bits 2 --iters 100
 
 dobi-error to train-group rebuild the quick default's DOBI start exactly (shipped x2 weights,
 bundled crops, the same seeded calibration batch); attribution and train-group run the quick
-default's calibrate() itself.
+default's calibrate() itself, on a student they change first (``calibrate(student=...)``).
+``--weights`` and ``--data`` replace the shipped x2 weights and the bundled crops (the smoke
+test runs every subcommand on a tiny model that way). B is a benchmark folder (<Set>/HR, ...).
+Where a subcommand swaps what some quantizers do (dobi-error, group-off, clip-channels), it sets
+their public ``override`` (``compsrt.quant.compress.overriding``).
 
 dobi-error: per quantizer site, the quantization error energy right after DOBI (dB of the summed
 squared error in the quantizer's own domain; the rotation is orthonormal, so rotated and
@@ -66,7 +70,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -76,31 +79,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import compsrt.calib.calibrate as cal
 from compsrt.calib.__main__ import bundled_calib_images
-from compsrt.calib.calibrate import calib_batch, calibrate, search_bounds_, val_patches, val_scores
+from compsrt.calib.calibrate import CalibReport, calib_batch, calibrate, search_bounds_, val_patches, val_scores
 from compsrt.calib.dobi import dobi
 from compsrt.calib.methods import method_config
 from compsrt.config import CalibConfig
-from compsrt.data import load_training_pairs, random_patches
+from compsrt.data import load_training_pairs, random_patches, split_holdout
 from compsrt.kernels import fake_quant, fake_quant_ref, hadamard
 from compsrt.kernels.fake_quant import step_and_zero
-from compsrt.kernels.hadamard_fake_quant import _dc_dim
-from compsrt.quant.compress import compress_, load_calibrated
 from compsrt.load import load_model
-from compsrt.quant.qmodules import ActQuantizer, Quantizer, WeightQuantizer, quantizers
+from compsrt.quant.compress import compress_, load_calibrated, overriding
+from compsrt.quant.qmodules import Quantizer, QuantOverride, WeightQuantizer, quantizers
 
 PARAMS = ("lower", "upper", "step_extra", "zero_extra")
 VAL_IMAGES = 3  # the CLI's --val-images default: pairs[:3] are held out for keep-best
 
-# Groups of quantizers by module name (QuantAttend's quantizers live under "...attn.quant.").
+# Groups of quantizers by module name: a QuantLinear's are "...<layer>.wq.<i>" (weights) and
+# "...<layer>.aq.<i>" (inputs), a QuantAttend's "...attn.attend.<q|k|a|v>".
 GROUPS: dict[str, Callable[[str, Quantizer], bool]] = {
     "weights": lambda name, q: isinstance(q, WeightQuantizer),
-    "linear inputs": lambda name, q: isinstance(q, ActQuantizer) and ".quant." not in name,
-    "attention (q, k, attn, v)": lambda name, q: ".quant." in name,
-    "q and k": lambda name, q: name.endswith((".quant.q", ".quant.k")),
-    "attn and v": lambda name, q: name.endswith((".quant.a", ".quant.v")),
-    "softmax output (attn)": lambda name, q: name.endswith(".quant.a"),
+    "linear inputs": lambda name, q: ".aq." in name,
+    "attention (q, k, attn, v)": lambda name, q: ".attend." in name,
+    "q and k": lambda name, q: name.endswith((".attend.q", ".attend.k")),
+    "attn and v": lambda name, q: name.endswith((".attend.a", ".attend.v")),
+    "softmax output (attn)": lambda name, q: name.endswith(".attend.a"),
     "proj input": lambda name, q: name.endswith("proj.aq.0"),
     "fc2 input (post-GELU)": lambda name, q: name.endswith("fc2.aq.0"),
 }
@@ -112,26 +114,29 @@ def _site(name: str) -> str:
     return ".".join(p for p in name.split(".") if not p.isdigit() and p not in skip)
 
 
-def dobi_start(fp, method: str, bits: int, train) -> tuple[torch.nn.Module, torch.Tensor]:
+def dobi_start(fp, method: str, bits: int, train,
+               during: QuantOverride | None = None) -> tuple[torch.nn.Module, torch.Tensor]:
     """The calibrated-but-not-finetuned model, as calibrate() builds it with the quick defaults,
-    and the calibration batch it searched on."""
+    and the calibration batch it searched on; ``during`` overrides the quantizers while DOBI runs."""
     m = compress_(copy.deepcopy(fp), method_config(method, bits)).eval()
-    return m, search_bounds_(m, train, CalibConfig(), torch.device("cpu"))
+    with overriding(m, during):
+        return m, search_bounds_(m, train, CalibConfig(), torch.device("cpu"))
 
 
 def dobi_error(fp, method: str, bits: int, train) -> None:
     errs: dict[Quantizer, float] = {}
-    original = Quantizer.search
 
-    def search(q: Quantizer, t: torch.Tensor) -> None:
-        original(q, t)
-        errs[q] = 10 * math.log10(max(float((q.fake(t) - t).pow(2).sum()), 1e-20))
+    def recording(q: Quantizer, t: torch.Tensor, dc_dim: int | None) -> torch.Tensor:
+        """The normal fake quantization, noting its error on what the bound search saw (the
+        exact-DC coefficient passes through unchanged; a pruned weight's kept coefficients)."""
+        out = fake_quant(t, q.lower, q.upper, q.bits, *q.extras(), dc_dim=dc_dim)
+        err = out - t
+        if isinstance(q, WeightQuantizer) and q.mask is not None:
+            err = err[q.mask]
+        errs[q] = 10 * math.log10(max(float(err.pow(2).sum()), 1e-20))
+        return out
 
-    Quantizer.search = search
-    try:
-        m, x = dobi_start(fp, method, bits, train)
-    finally:
-        Quantizer.search = original
+    m, x = dobi_start(fp, method, bits, train, during=recording)
     by_site = collections.defaultdict(list)
     for name, q in m.named_modules():
         if isinstance(q, Quantizer):
@@ -202,29 +207,14 @@ def linesearch(fp, method: str, bits: int, train, k: int) -> None:
         print(f"  sign step of {eta:g} x step: loss {l:.6f} ({(l - l0) / l0 * 100:+.2f}%)")
 
 
-@contextlib.contextmanager
-def _edited_students(edit: Callable[[torch.nn.Module], None]):
-    """Within the block, calibrate() applies ``edit`` to its student right after compressing it
-    (a diagnostic's hook; calibrate itself has no such option)."""
-    original = cal.compress_
-
-    def compress_and_edit(model, quant):
-        model = original(model, quant)
-        edit(model)
-        return model
-
-    cal.compress_ = compress_and_edit
-    try:
-        yield
-    finally:
-        cal.compress_ = original
-
-
-def _quick_calibrate(fp, pairs, method: str, bits: int, iters: int, edit) -> cal.CalibReport:
-    cfg = CalibConfig(iters=iters)
-    with _edited_students(edit):
-        _, rep = calibrate(fp, pairs[VAL_IMAGES:], pairs[:VAL_IMAGES], method_config(method, bits), cfg,
-                           progress=False)
+def _quick_calibrate(fp, pairs, method: str, bits: int, iters: int,
+                     edit: Callable[[torch.nn.Module], None]) -> CalibReport:
+    """The quick default (--iters iterations) with ``edit`` applied to the compressed student first."""
+    quant = method_config(method, bits)
+    student = compress_(copy.deepcopy(fp), quant)
+    edit(student)
+    train, val = split_holdout(pairs, VAL_IMAGES)
+    _, rep = calibrate(fp, train, val, quant, CalibConfig(iters=iters), progress=False, student=student)
     return rep
 
 
@@ -259,7 +249,7 @@ def train_group(fp, method: str, bits: int, pairs, iters: int) -> None:
 
 
 def rescore(fp, pairs, paths: list[str], n: int) -> None:
-    lr, hr = val_patches(pairs[:VAL_IMAGES], n, 64, 2, 0)
+    lr, hr = val_patches(split_holdout(pairs, VAL_IMAGES)[1], n, 64, 2, 0)
     x = torch.from_numpy(lr).float() / 255
     with torch.no_grad():
         fp_out = fp(x).clamp(0, 1)
@@ -313,35 +303,6 @@ def _clipped(q: Quantizer, t: torch.Tensor, dc_dim: int | None) -> torch.Tensor:
     return out
 
 
-@contextlib.contextmanager
-def _replacing(chosen: set[int], how: Callable[[Quantizer, torch.Tensor, int | None], torch.Tensor]):
-    """Quantizers whose id is in ``chosen`` return ``how(quantizer, t, dc_dim)`` of their input ``t``
-    (in their own domain: rotated where the method rotates) instead of its fake quantization."""
-    import compsrt.quant.qmodules as qm
-
-    fake, fused, forward = Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward
-    current: list[Quantizer | None] = [None]
-
-    def fake_or_not(self, t, dc_dim=None):
-        return how(self, t, dc_dim) if id(self) in chosen else fake(self, t, dc_dim)
-
-    def fused_or_not(x, *args, dim=-1, keep_dc=False, **kw):
-        q = current[0]
-        if q is None or id(q) not in chosen:
-            return fused(x, *args, dim=dim, keep_dc=keep_dc, **kw)
-        return how(q, qm.hadamard(x, dim), _dc_dim(x, dim, keep_dc))
-
-    def forward_noting(self, x):
-        current[0] = self
-        return forward(self, x)
-
-    Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward = fake_or_not, fused_or_not, forward_noting
-    try:
-        yield
-    finally:
-        Quantizer.fake, qm.hadamard_fake_quant, ActQuantizer.forward = fake, fused, forward
-
-
 def _run_set(model: torch.nn.Module, pairs) -> tuple[list[np.ndarray], float]:
     """The model's uint8 x2 outputs on a benchmark set and their mean PSNR against HR."""
     from compsrt.io import to_float, to_uint
@@ -367,9 +328,9 @@ def group_off(fp, paths: list[str], bench: str, set_name: str, clip: bool = Fals
         print(f"{path} on {set_name}: PSNR vs HR / fidelity to FP per image, with one group unquantized"
               + (" or clipped only" if clip else ""))
         for group in (None, *GROUPS):
-            chosen = {id(q) for _, q in _group(model, group)} if group else set()
+            chosen = [q for _, q in _group(model, group)] if group else []
             for mode, how in modes.items() if group else [("", modes["unquantized"])]:
-                with _replacing(chosen, how):
+                with overriding(chosen, how):
                     sr, mean = _run_set(model, pairs)
                 cells = [f"{p.name} {psnr(y, p.hr, 2):.2f}/{psnr(y, f, 2):.2f}" for p, y, f in zip(pairs, sr, fp_out)]
                 label = f"{group} {mode}" if group else "none off"
@@ -385,7 +346,7 @@ def clip_channels(paths: list[str], bench: str, set_name: str) -> None:
     pairs = load_benchmark(Path(bench), set_name, 2)
     for path in paths:
         model = load_calibrated(path, 2).eval()
-        linear_inputs = {id(q) for _, q in _group(model, "linear inputs")}
+        linear_inputs = [q for _, q in _group(model, "linear inputs")]
         per_site: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
         names = {id(q): n for n, q in model.named_modules()}
         acc: dict[int, list[torch.Tensor]] = {}
@@ -395,9 +356,9 @@ def clip_channels(paths: list[str], bench: str, set_name: str) -> None:
             total = t.square().flatten(0, -2).sum(0)
             prev = acc.get(id(q))
             acc[id(q)] = [cut, total] if prev is None else [prev[0] + cut, prev[1] + total]
-            return fake_quant(t, q.lower, q.upper, q.bits, *q.extras(), dc_dim=dc)  # q.fake is patched
+            return fake_quant(t, q.lower, q.upper, q.bits, *q.extras(), dc_dim=dc)  # what q does otherwise
 
-        with _replacing(linear_inputs, record), torch.no_grad():
+        with overriding(linear_inputs, record), torch.no_grad():
             for p in pairs:
                 model(to_float(p.lr)[None])
         for qid, (cut, total) in acc.items():
@@ -422,7 +383,7 @@ def widen(paths: list[str], bench: str, set_name: str, group: str, alphas: list[
             model = copy.deepcopy(trained)
             with torch.no_grad():
                 for name, q in _group(model, group):
-                    about = q.lower.clone() if name.endswith(("fc2.aq.0", ".quant.a")) else (q.lower + q.upper) / 2
+                    about = q.lower.clone() if name.endswith(("fc2.aq.0", ".attend.a")) else (q.lower + q.upper) / 2
                     q.lower.copy_(about - alpha * (about - q.lower))
                     q.upper.copy_(about + alpha * (q.upper - about))
                     q.step_extra.mul_(alpha)
@@ -450,7 +411,7 @@ def ln_shift(fp, method: str, bits: int, pairs, iters: int) -> None:
     """The quick default with every LayerNorm output centred per channel (its calibration mean
     subtracted from the norm's bias and W mean added to the next linear's): the FP function is
     unchanged, the qkv and fc1 inputs lose their channel offsets (outlier-channel shifting)."""
-    means, share = _norm_output_means(fp, pairs[VAL_IMAGES:])
+    means, share = _norm_output_means(fp, split_holdout(pairs, VAL_IMAGES)[0])
 
     def shift(model):
         mods = dict(model.named_modules())
@@ -469,12 +430,15 @@ def ln_shift(fp, method: str, bits: int, pairs, iters: int) -> None:
         print(f"  {label}: {' -> '.join(fid)}", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("dobi-error", "linesearch", "grad-snr", "attribution", "train-group", "rescore",
                                     "weight-shape", "group-off", "clip-channels", "widen", "ln-shift"))
-    p.add_argument("checkpoints", nargs="*", help="rescore, group-off, clip-channels, widen: calibrated x2 checkpoints")
-    p.add_argument("--bench", default="../shared/data/benchmark", help="group-off, clip-channels, widen: benchmark folder")
+    p.add_argument("checkpoints", nargs="*", help="rescore, group-off, clip-channels, widen: calibrated x2 checkpoints "
+                   "(C/calibrated.safetensors of python -m compsrt.calib)")
+    p.add_argument("--weights", type=Path, help="FP x2 SwinIR-light weights (default: the bundled ones)")
+    p.add_argument("--data", type=Path, nargs="+", help="training images (default: the bundled calibration crops)")
+    p.add_argument("--bench", type=Path, help="group-off, clip-channels, widen: benchmark folder (<Set>/HR, ...)")
     p.add_argument("--set", default="Set5", help="group-off, clip-channels, widen: benchmark set")
     p.add_argument("--clip", action="store_true", help="group-off: also run each group clipped but not rounded")
     p.add_argument("--group", default="linear inputs", choices=list(GROUPS), help="widen: which quantizers")
@@ -485,10 +449,20 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["2dquant", "compsrt"])
     p.add_argument("--batches", type=int, default=4, help="linesearch, grad-snr: fixed finetuning batches")
     p.add_argument("--iters", type=int, default=50, help="train-group, ln-shift: finetuning iterations")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    if a.what in ("group-off", "clip-channels", "widen") and a.bench is None:
+        p.error(f"{a.what} needs --bench, a benchmark folder holding {a.set}/HR")
+    threads = torch.get_num_threads()
     if a.what in ("attribution", "train-group", "rescore", "ln-shift"):
         torch.set_num_threads(1)  # as their figures in docs/calib/experiments.md were measured
-    fp = load_model(None, 2).eval()
+    try:
+        run(a)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(a: argparse.Namespace) -> None:
+    fp = load_model(a.weights, 2).eval()
     if a.what == "weight-shape":
         return weight_shape(fp, a.bits, a.compare)
     if a.what == "widen":
@@ -497,8 +471,8 @@ def main() -> None:
         return clip_channels(a.checkpoints, a.bench, a.set)
     if a.what == "group-off":
         return group_off(fp, a.checkpoints, a.bench, a.set, a.clip)
-    pairs = load_training_pairs([bundled_calib_images()], 2, progress=False)
-    train = pairs[VAL_IMAGES:]
+    pairs = load_training_pairs(a.data or [bundled_calib_images()], 2, progress=False)
+    train, _ = split_holdout(pairs, VAL_IMAGES)
     if a.what == "rescore":
         return rescore(fp, pairs, a.checkpoints, a.patches)
     for method in a.methods:

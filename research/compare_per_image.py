@@ -1,6 +1,6 @@
 """Paired per-image comparison of two evaluations (``python -m compsrt.eval --json``).
 
-    python benchmarks/compare_per_image.py A.json B.json
+    python research/compare_per_image.py A.json B.json
 
 For each set and for all images together: the mean and median of A - B in PSNR and SSIM, on how
 many images A is ahead, a paired Wilcoxon signed-rank test (two-sided, and one-sided each way)
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import wilcoxon
@@ -40,13 +41,13 @@ def summary(d: np.ndarray) -> str:
     return line
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("a")
     p.add_argument("b")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     try:
-        a, b = (json.load(open(f)) for f in (args.a, args.b))
+        a, b = (json.loads(Path(f).read_text()) for f in (args.a, args.b))
     except (OSError, ValueError) as e:
         print(f"compare_per_image: {e}", file=sys.stderr)
         return 2

@@ -1,10 +1,11 @@
-"""compsrt.data: benchmark layout, mod-cropping, generated LR, training patches."""
+"""compsrt.data: benchmark layout, mod-cropping, generated LR, training patches, held-out splits."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from compsrt.data import augment, list_images, load_benchmark, load_training_pairs, make_pair, mod_crop, random_patches
+from compsrt.data import (Pair, augment, list_images, load_benchmark, load_training_pairs, make_pair, mod_crop,
+                          random_patches, split_holdout)
 from compsrt.errors import CompsrtError
 from compsrt.io import read_rgb_uint8
 from compsrt.resize import downscale_uint8
@@ -107,3 +108,26 @@ def test_random_patches_aligned_and_seeded(make_rgb):
     np.testing.assert_array_equal(again[0], lrs)
     with pytest.raises(CompsrtError, match="smaller than"):
         random_patches([pair], np.random.default_rng(0), 1, 21, 3)
+
+
+def _named_pairs(n: int) -> list[Pair]:
+    return [Pair(str(i), np.zeros((1, 1, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)) for i in range(n)]
+
+
+def test_split_holdout_seeded_is_fixed_and_disjoint():
+    """FP training's rule: a seeded choice, the same for the same seed, the rest in order."""
+    pairs = _named_pairs(10)
+    tr, val = split_holdout(pairs, 3, seed=0)
+    tr2, val2 = split_holdout(pairs, 3, seed=0)
+    assert [p.name for p in val] == [p.name for p in val2] and len(val) == 3 and len(tr) == 7
+    assert not {p.name for p in tr} & {p.name for p in val}
+    assert [p.name for p in tr] == sorted((p.name for p in tr), key=int)
+    assert {p.name for p in split_holdout(pairs, 3, seed=1)[1]} != {p.name for p in val}
+
+
+def test_split_holdout_without_seed_holds_out_the_first_n():
+    """Calibration's rule (--val-images): the first n are held out, exactly pairs[:n]."""
+    pairs = _named_pairs(5)
+    tr, val = split_holdout(pairs, 2)
+    assert val == pairs[:2] and tr == pairs[2:]
+    assert split_holdout(pairs, 0) == (pairs, [])

@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 
 import compsrt.train as train_mod
 from compsrt.config import SwinIRConfig
-from compsrt.data import Pair
 from compsrt.errors import CompsrtError
 from compsrt.model.swinir import SwinIRLight
-from compsrt.train import TrainConfig, init_from, lr_at, main, split_holdout, train
+from compsrt.schedule import cosine
+from compsrt.state import read_state
+from compsrt.train import TrainConfig, init_from, lr_at, main, train
 
 N_ITERS = 8   # the whole run
 KILL_AT = 5   # killed during iteration 5, after its optimizer step, before its checkpoint
@@ -145,14 +146,34 @@ def test_lr_schedule():
     assert lr_at(replace(c, warmup=0), 0) == pytest.approx(1e-3)
 
 
-def test_split_holdout_fixed_and_disjoint():
-    import numpy as np
+def test_cosine_is_the_one_calibration_uses():
+    from compsrt.calib.calibrate import cosine_lr_
 
-    pairs = [Pair(str(i), np.zeros((1, 1, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)) for i in range(10)]
-    tr, val = split_holdout(pairs, 3, seed=0)
-    tr2, val2 = split_holdout(pairs, 3, seed=0)
-    assert [p.name for p in val] == [p.name for p in val2] and len(val) == 3 and len(tr) == 7
-    assert not {p.name for p in tr} & {p.name for p in val}
+    class Opt:
+        scale = None
+
+    opt = Opt()
+    cosine_lr_(opt, 0, 10)
+    assert opt.scale == 1.0
+    cosine_lr_(opt, 10, 10)
+    assert opt.scale == pytest.approx(0.01)
+    assert cosine(0.5, 1, 2.0, 0.0) == pytest.approx(1.0) and cosine(5, 10, 2.0, 0.0) == pytest.approx(1.0)
+
+
+def test_the_state_is_the_shared_format(cfg, full_run):
+    """Tensors and a JSON metadata block (compsrt.state), as calibration's state."""
+    t, meta = read_state(full_run / "state.safetensors", "training state", "")
+    assert meta["iteration"] == N_ITERS and meta["config"]["iters"] == N_ITERS and math.isfinite(meta["best_psnr_db"])
+    assert any(k.startswith("model.") for k in t) and any(k.startswith("adam.") for k in t)
+
+
+def test_a_damaged_state_is_a_one_line_error(capsys, images, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "state.safetensors").write_bytes(b"not a state at all")
+    rc = main(["--scale", "2", "--data", str(images), "--out", str(out), "--iters", "2", "--no-bf16", "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unreadable training state" in err and len(err.strip().splitlines()) == 1
 
 
 def test_init_from_copies_matching_tensors(test_weights, state_dict_x2):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..config import LOSSES, LR_UNITS, CalibConfig
-from ..data import load_training_pairs
+from ..data import load_training_pairs, split_holdout
 from ..device import parse_device
 from ..errors import CompsrtError
 from ..io import atomic_path
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(pairs) <= a.val_images:
             raise CompsrtError(f"need more than {a.val_images} training images of at least {cfg.patch * a.scale}px "
                                f"in {', '.join(map(str, data))}; found {len(pairs)}")
-        train, val = pairs[a.val_images:], pairs[:a.val_images]
+        train, val = split_holdout(pairs, a.val_images)
         a.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         identity = {"method": a.method, "scale": a.scale, "val_images": a.val_images,

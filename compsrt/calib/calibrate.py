@@ -1,6 +1,7 @@
 """``calibrate(fp_model, pairs, quant, cfg)``: DOBI bound search, then DQC distillation finetuning.
 
-1. The FP model is copied and compressed (:func:`compress_`); pruning masks are fixed there.
+1. The FP model is copied and compressed (:func:`compress_`; or the caller passes the compressed
+   ``student``); pruning masks are fixed there.
 2. DOBI: one no-grad forward of a seeded calibration batch in which each quantizer searches
    its bounds on the tensor it receives and quantizes from then on, so later quantizers see
    the error of earlier ones (the official code searches on FP activations instead).
@@ -10,11 +11,14 @@
    cosine-decayed learning rate, and a projection after every step that keeps each step size
    positive (one step: :mod:`.step`; on a GPU it is replayed from a CUDA graph, :mod:`.graphed_step`).
 
+What this relies on from the 2DQuant and CompSRT papers and official code, and where it departs
+from that code: docs/method_notes.md.
+
 Robustness: a non-finite loss or parameter stops training with the last finite state kept
 and the reason reported. Keep-best uses held-out *training* patches: the state whose output is
 closest to the FP model's (PSNR against the FP output; PSNR against HR is reported beside it).
-The state is checkpointed atomically (safetensors) so ``resume=True`` continues where a run stopped;
-batches come from ``default_rng([seed, iteration])``, so a resumed run sees the same data.
+The state is checkpointed atomically (:mod:`compsrt.state`) so ``resume=True`` continues where a
+run stopped; batches come from ``default_rng([seed, iteration])``, so a resumed run sees the same data.
 """
 from __future__ import annotations
 
@@ -35,11 +39,12 @@ from ..budget import TimeBudget
 from ..config import CalibConfig, QuantConfig
 from ..data import Pair, random_patches
 from ..errors import CompsrtError
-from ..io import atomic_path
 from ..metrics import psnr
+from ..model.swinir import SwinIRLight
 from ..quant.compress import compress_, set_calibrating
 from ..quant.qmodules import quantizers
-from ..model.swinir import SwinIRLight
+from ..schedule import cosine
+from ..state import read_state, write_state
 from .dobi import dobi
 from .graphed_step import CudaGraph, Graph, GraphedStep, graph_unsupported
 from .scalar_adam import ScalarAdam
@@ -151,35 +156,25 @@ def _run_config(quant: QuantConfig, cfg: CalibConfig, identity: dict | None) -> 
     return {"quant": asdict(quant), "calib": calib, "identity": identity or {}}
 
 
-def _save_state(path: Path, model, opt: ScalarAdam, it: int, best: dict, report: CalibReport, run: dict) -> None:
-    from safetensors.torch import save_file
+_STATE = "calibration state"
+_START_AGAIN = "start again in another --out"
 
-    t = {f"q.{k}": v.cpu().contiguous() for k, v in _qstate(model).items()}
-    t.update({f"best.{k}": v.cpu().contiguous() for k, v in best.items()})
+
+def _save_state(path: Path, model, opt: ScalarAdam, it: int, best: dict, report: CalibReport, run: dict) -> None:
+    t = {f"q.{k}": v for k, v in _qstate(model).items()}
+    t.update({f"best.{k}": v for k, v in best.items()})
     t.update(opt.state_tensors())
-    meta = {"iteration": str(it), "report": json.dumps(asdict(report)), "run": json.dumps(run, sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file(t, str(tmp), metadata=meta)
+    write_state(path, t, {"iteration": it, "report": asdict(report), "run": run})
 
 
 def _load_state(path: Path, model, opt: ScalarAdam, run: dict) -> tuple[int, dict, CalibReport]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        t = load_file(str(path))
-    except Exception as e:   # empty, truncated or not a safetensors file
-        raise CompsrtError(f"{path}: unreadable calibration state ({str(e).splitlines()[0][:100]}); "
-                           "start again in another --out") from None
+    t, meta = read_state(path, _STATE, _START_AGAIN)
     if "adam.base_lrs" not in t or "run" not in meta:
-        raise CompsrtError(f"{path}: a calibration state from an older compsrt; start again in another --out")
+        raise CompsrtError(f"{path}: a {_STATE} from an older compsrt; {_START_AGAIN}")
     try:
-        saved = json.loads(meta["run"])
-        iteration, old_report = int(meta["iteration"]), json.loads(meta["report"])
+        saved, iteration, old_report = meta["run"], int(meta["iteration"]), meta["report"]
     except (ValueError, KeyError, TypeError):
-        raise CompsrtError(f"{path}: damaged calibration state (its header); start again in another --out") from None
+        raise CompsrtError(f"{path}: damaged {_STATE} (its header); {_START_AGAIN}") from None
     if saved != json.loads(json.dumps(run, sort_keys=True)):
         diff = sorted(f"{part}.{k}" for part in ("quant", "calib", "identity")
                       for k in set(saved.get(part, {})) | set(run.get(part, {}))
@@ -201,10 +196,10 @@ def _load_state(path: Path, model, opt: ScalarAdam, run: dict) -> tuple[int, dic
     try:
         return iteration, best, CalibReport(**old_report)
     except TypeError:
-        raise CompsrtError(f"{path}: damaged calibration state (its report); start again in another --out") from None
+        raise CompsrtError(f"{path}: damaged {_STATE} (its report); {_START_AGAIN}") from None
 
 
-def _optimizer(model: torch.nn.Module, cfg: CalibConfig) -> ScalarAdam:
+def quant_optimizer(model: torch.nn.Module, cfg: CalibConfig) -> ScalarAdam:
     """Adam over the quantizer scalars, each quantizer's rates scaled by ``cfg.lr_unit``.
 
     "range" (default): bounds learn at lr x the DOBI range, extras (s2, z2) at lr x the step, so
@@ -249,14 +244,14 @@ def search_bounds_(student: SwinIRLight, train: list[Pair], cfg: CalibConfig, de
 
 def cosine_lr_(opt: ScalarAdam, it: int, iters: int) -> None:
     """Scale every rate for iteration ``it``: cosine decay from its base rate to 1% of it."""
-    opt.scale = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * it / max(1, iters)))
+    opt.scale = cosine(it, max(1, iters), 1.0, 0.01)
 
 
 def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantConfig, cfg: CalibConfig,
               state_path: Path | None = None, resume: bool = False, progress: bool = True,
               device: str | torch.device = "cpu", minutes: float = 0.0,
               graph: Callable[[], Graph] | None = None,
-              identity: dict | None = None) -> tuple[SwinIRLight, CalibReport]:
+              identity: dict | None = None, student: SwinIRLight | None = None) -> tuple[SwinIRLight, CalibReport]:
     """Quantize ``fp`` with DOBI + DQC; returns the calibrated model (best state) and a report.
 
     Args:
@@ -272,6 +267,10 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
             Tests pass an eager stand-in to run the graphed path on the CPU.
         identity: what else a resumed run must share (weights, data, method...): recorded in
             the state with both configs; ``resume`` refuses a state that differs.
+        student: the compressed model to calibrate, made by ``compress_(copy of fp, quant)``
+            and then changed by the caller (some quantizers frozen, at other bit widths, or
+            with an ``override``: what the diagnostics in research/ do); modified in place and
+            returned. None (the default): ``compress_`` of a copy of ``fp``.
     """
     from tqdm import tqdm
 
@@ -280,7 +279,11 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     device = torch.device(device)
     s = fp.cfg.scale
     teacher = copy.deepcopy(fp).to(device).eval()
-    student = compress_(copy.deepcopy(fp), quant).to(device).eval().recompute_blocks(cfg.recompute)
+    if student is None:
+        student = compress_(copy.deepcopy(fp), quant)
+    elif getattr(student, "quant_cfg", None) != quant:
+        raise ValueError("calibrate(): the student was compressed with another QuantConfig than quant")
+    student = student.to(device).eval().recompute_blocks(cfg.recompute)
     report = CalibReport(quant=asdict(quant), calib=asdict(cfg))
     vlr, vhr = val_patches(val, cfg.val_patches, cfg.patch, s, cfg.seed)
     with torch.no_grad():
@@ -297,7 +300,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
             student, vlr, vhr, vfp, s, device)
         report.best_val_psnr_db, report.best_fidelity_db = report.start_val_psnr_db, report.start_fidelity_db
         best = _qstate(student)
-    opt = _optimizer(student, cfg)
+    opt = quant_optimizer(student, cfg)
     if resuming:
         start, best, report = _load_state(state_path, student, opt, run)
     taps = (StageTaps(student), StageTaps(teacher)) if cfg.feature_loss > 0 else None

@@ -41,7 +41,7 @@ def feature_loss(fs: list[Tensor], ft: list[Tensor]) -> Tensor:
 
     The official version broadcasts a (B,1,1,1) norm against 3-D tokens and divides by numel
     twice, which makes it ~1e-8 of the pixel loss (so it barely trains anything there); this is the
-    intended normalized loss, O(1) in size.
+    intended normalized loss, O(1) in size (docs/method_notes.md).
     """
     total = 0.0
     for s, t in zip(fs, ft):

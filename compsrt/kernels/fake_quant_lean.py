@@ -68,7 +68,7 @@ def _cpu_backward(xc, g, lo, hi, s, z, qmax):
     """:func:`_masked_backward`'s gradients from float arithmetic instead of bool masks, bit for bit.
 
     On the CPU a comparison into a bool tensor, and ``where`` on one, cost several float passes,
-    so the masks become 0/1 floats (benchmarks/fake_quant_backward.py times both): the
+    so the masks become 0/1 floats (research/fake_quant_backward.py times both): the
     side of the clip range is ``sign(x - clip(x))`` (-1 below, 0 inside, +1 above) and a code
     saturates where ``round(y) != clamp(round(y))``. Multiplying by 1 or 0 keeps or zeroes a
     value exactly, so every sum adds the same terms in the same order as the masked form (a zero

@@ -13,7 +13,9 @@ architecture and both configs. No pickle. What ships is the packed file made fro
 """
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from ..config import QuantConfig, SwinIRConfig
 from ..errors import CompsrtError
 from ..model.swinir import Attend, SwinIRLight
 from .plan import plan_for
-from .qmodules import BoundSearch, QuantAttend, QuantLinear, WeightQuantizer, quantizers
+from .qmodules import BoundSearch, QuantAttend, QuantLinear, QuantOverride, Quantizer, WeightQuantizer, quantizers
 
 FORMAT = "compsrt-calibrated"
 VERSION = 1
@@ -76,6 +78,23 @@ def set_calibrating(model: nn.Module, search: BoundSearch | None) -> None:
     ``functools.partial(compsrt.calib.dobi.dobi, ...)``); None ends the search."""
     for q in quantizers(model):
         q.searcher = search
+
+
+@contextlib.contextmanager
+def overriding(target: nn.Module | Iterable[Quantizer], fn: QuantOverride | None) -> Iterator[list[Quantizer]]:
+    """Within the block, every quantizer of ``target`` (a model, or the quantizers themselves)
+    returns ``fn(quantizer, t, dc_dim)`` instead of fake-quantizing ``t`` (see
+    :class:`~compsrt.quant.qmodules.Quantizer` ``.override``); on exit each gets back the
+    override it had. Yields the quantizers."""
+    qs = quantizers(target) if isinstance(target, nn.Module) else list(target)
+    before = [q.override for q in qs]
+    for q in qs:
+        q.override = fn
+    try:
+        yield qs
+    finally:
+        for q, old in zip(qs, before):
+            q.override = old
 
 
 def quant_parameters(model: nn.Module) -> list[nn.Parameter]:

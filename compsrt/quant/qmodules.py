@@ -9,6 +9,10 @@ with "none" (2DQuant) nothing is rotated.
 While calibration sets a bound search on it (:func:`compsrt.quant.compress.set_calibrating`,
 DOBI in practice), a quantizer searches its bounds on every tensor it receives, then
 fake-quantizes with them; its four scalars (l, u, s2, z2) are the trainable parameters.
+
+A quantizer's :attr:`Quantizer.override` (None normally) swaps its fake quantization for another
+function of the same input: what diagnostics use to run some quantizers unquantized, clipped
+only, or with another formula (:func:`compsrt.quant.compress.overriding` sets and restores it).
 """
 from __future__ import annotations
 
@@ -24,10 +28,26 @@ STEP_EPS = 1e-8
 
 # search(tensor in the quantization domain, bits, one_sided=...) -> (lower, upper): a bound search.
 BoundSearch = Callable[..., tuple[float, float]]
+# override(quantizer, tensor in its quantization domain, dc_dim) -> what the quantizer returns instead.
+QuantOverride = Callable[["Quantizer", Tensor, "int | None"], Tensor]
 
 
 class Quantizer(nn.Module):
-    """Per-tensor asymmetric quantizer with learned bounds and decomposition extras."""
+    """Per-tensor asymmetric quantizer with learned bounds and decomposition extras.
+
+    ``override`` (a plain function, not a Module; None = normal): when set, wherever the
+    quantizer would fake-quantize a tensor ``t`` it returns ``override(self, t, dc_dim)``
+    instead. ``t`` is in the quantizer's own domain (rotated where the method rotates, padded
+    to the rotated size); ``dc_dim`` is the axis whose coefficient 0 the quantizer would pass
+    through in FP (exact DC), or None; for a pruned weight ``t`` is the quantized part and the
+    keep-mask is applied to the result afterwards; with ``rotation="official"`` the result is
+    rotated back and cropped, as a fake-quantized tensor would be. While calibrating, the bound
+    search has already run on ``t``. Every path honours it: an activation quantizer with an
+    override leaves the fused rotate + quantize call (Triton on CUDA) for the unfused one.
+    Normally it costs one attribute check per call.
+    """
+
+    override: QuantOverride | None = None
 
     def __init__(self, cfg: QuantConfig) -> None:
         super().__init__()
@@ -44,6 +64,7 @@ class Quantizer(nn.Module):
         # channels share a positive mean, v is smooth over a window's tokens), and it would set
         # the whole tensor's range. The product is still exact: DC x DC + Q(AC) Q(AC)^T.
         self.exact_dc = cfg.exact_dc and cfg.rotation == "deploy"
+        self.override = None
 
     def extras(self) -> tuple[Tensor | None, Tensor | None]:
         if self.step_extra.requires_grad:
@@ -78,6 +99,8 @@ class Quantizer(nn.Module):
         self.step_extra.copy_(torch.maximum(self.step_extra, STEP_EPS - base))
 
     def fake(self, t: Tensor, dc_dim: int | None = None) -> Tensor:
+        if self.override is not None:
+            return self.override(self, t, dc_dim)
         s2, z2 = self.extras()
         return fake_quant(t, self.lower, self.upper, self.bits, s2, z2, dc_dim=dc_dim)
 
@@ -114,7 +137,7 @@ class ActQuantizer(Quantizer):
         return x if self.rotation == "none" else hadamard(x, self.dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.rotation == "deploy" and not self.calibrating:
+        if self.rotation == "deploy" and not self.calibrating and self.override is None:
             s2, z2 = self.extras()  # the fused path (Triton on CUDA)
             return hadamard_fake_quant(x, self.lower, self.upper, self.bits, s2, z2, dim=self.dim,
                                        keep_dc=self.exact_dc)

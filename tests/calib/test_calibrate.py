@@ -4,7 +4,7 @@ round-trip, and the CLI turns bad flags into one-line errors."""
 from __future__ import annotations
 
 import copy
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compsrt.calib.calibrate import _optimizer, calibrate, cosine_lr_
+from compsrt.calib.calibrate import calibrate, cosine_lr_, quant_optimizer
 from compsrt.calib.dobi import dobi
 from compsrt.calib.methods import METHODS, method_config
 from compsrt.config import CalibConfig, QuantConfig, SwinIRConfig
@@ -46,7 +46,15 @@ def fp_model() -> SwinIRLight:
 
 def fit_tiny_model() -> SwinIRLight:
     """A tiny model briefly fitted to bicubic-like SR, so quantization error is measurable
-    (also used by benchmarks/calib_tiny_rates.py)."""
+    (also used by research/calib_tiny_rates.py and tests/test_research_smoke.py). A new model
+    each call, its weights fitted once per process."""
+    model = SwinIRLight(TINY)
+    model.load_state_dict(_fitted_tiny_state())
+    return model.eval()
+
+
+@lru_cache(maxsize=1)
+def _fitted_tiny_state() -> dict[str, torch.Tensor]:
     model = SwinIRLight(TINY)
     pytorch_default_init_(model, seed=0)
     opt = torch.optim.Adam(model.parameters(), 2e-3)
@@ -58,7 +66,7 @@ def fit_tiny_model() -> SwinIRLight:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model.eval()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def pytorch_default_init_(model: SwinIRLight, seed: int) -> None:
@@ -83,6 +91,21 @@ def batch() -> torch.Tensor:
 def tiny_batch() -> torch.Tensor:
     pairs = smooth_images(2, 48, 7)
     return torch.stack([torch.from_numpy(p.lr).permute(2, 0, 1) for p in pairs]).float() / 255
+
+
+def write_tiny_inputs(folder: Path, fp: SwinIRLight, n: int) -> tuple[Path, Path]:
+    """``fp``'s weights as a safetensors file and ``n`` 160 px HR training images (LR 80 px, so
+    even the quick default's 64 px patches fit) in ``folder``, for what takes files (the CLI,
+    research/): (weights file, image folder)."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    weights, data = folder / "tiny.safetensors", folder / "imgs"
+    save_file({k: v.contiguous() for k, v in fp.state_dict().items()}, str(weights))
+    data.mkdir()
+    for i, p in enumerate(smooth_images(n, 160, 21)):
+        Image.fromarray(p.hr).save(data / f"{i}.png")
+    return weights, data
 
 
 def quantized(fp: SwinIRLight, cfg: QuantConfig, x: torch.Tensor) -> SwinIRLight:
@@ -130,9 +153,9 @@ def test_every_method_trains(fp_model, batch, method):
 def distill_losses(fp: SwinIRLight, x: torch.Tensor, method: str, cfg: CalibConfig, steps: int,
                    cosine: bool = False) -> list[float]:
     """L1 distillation losses of ``steps`` Adam steps on one batch, from the 3-bit DOBI start
-    (a constant rate, or calibrate()'s cosine schedule); also used by benchmarks/calib_tiny_rates.py."""
+    (a constant rate, or calibrate()'s cosine schedule); also used by research/calib_tiny_rates.py."""
     m = quantized(fp, method_config(method, 3), x)
-    opt = _optimizer(m, cfg)
+    opt = quant_optimizer(m, cfg)
     with torch.no_grad():
         target = fp(x)
     losses = []
@@ -153,7 +176,7 @@ def distill_losses(fp: SwinIRLight, x: torch.Tensor, method: str, cfg: CalibConf
 def test_lr_units_scale_each_quantizers_rates(fp_model, batch, unit):
     """Per quantizer: bounds at lr x range (or step, or 1), extras at lr x step (or 1)."""
     m = quantized(fp_model, method_config("compsrt", 2), batch)
-    opt = _optimizer(m, CalibConfig(lr=0.1, lr_unit=unit))
+    opt = quant_optimizer(m, CalibConfig(lr=0.1, lr_unit=unit))
     qs = quantizers(m)
     assert len(opt.params) == 4 * len(qs) and all(a is b for a, b in zip(opt.params, quant_parameters(m)))
     for i, q in enumerate(qs):
@@ -544,19 +567,13 @@ def test_calib_cli_writes_a_packed_model_that_the_runtime_runs(fp_model, tmp_pat
     """python -m compsrt.calib: model.safetensors is the packed file (smaller than the calibrated
     one beside it), its header records the command, and it runs in compsrt-infer."""
     from PIL import Image
-    from safetensors.torch import save_file
 
     from compsrt.calib.__main__ import main
     from compsrt.cli import main as infer
     from compsrt.load import checkpoint_kind
     from compsrt.quant.pack import read_packed
 
-    weights = tmp_path / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in fp_model.state_dict().items()}, str(weights))
-    data = tmp_path / "imgs"
-    data.mkdir()
-    for i, p in enumerate(smooth_images(3, 160, 21)):
-        Image.fromarray(p.hr).save(data / f"{i}.png")
+    weights, data = write_tiny_inputs(tmp_path, fp_model, 3)
     out = tmp_path / "c"
     argv = ["--scale", "2", "--bits", "4", "--prune", "0.4", "--weights", str(weights), "--data", str(data),
             "--val-images", "1", "--iters", "2", "--batch", "1", "--calib-batch", "2", "--val-every", "1",
@@ -576,18 +593,10 @@ def test_calib_cli_writes_a_packed_model_that_the_runtime_runs(fp_model, tmp_pat
 
 
 def test_calib_cli_ctrl_c_is_one_line_naming_resume(fp_model, tmp_path, capsys, monkeypatch):
-    from PIL import Image
-    from safetensors.torch import save_file
-
     import compsrt.calib.__main__ as cli
     from compsrt.calib.calibrate import CalibrationInterrupted
 
-    weights = tmp_path / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in fp_model.state_dict().items()}, str(weights))
-    data = tmp_path / "imgs"
-    data.mkdir()
-    for i, p in enumerate(smooth_images(3, 160, 21)):
-        Image.fromarray(p.hr).save(data / f"{i}.png")
+    weights, data = write_tiny_inputs(tmp_path, fp_model, 3)
 
     def interrupted(*a, **k):
         raise CalibrationInterrupted(7, True)

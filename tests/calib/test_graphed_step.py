@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from compsrt.calib.calibrate import _optimizer, calibrate, cosine_lr_, search_bounds_
+from compsrt.calib.calibrate import calibrate, cosine_lr_, quant_optimizer, search_bounds_
 from compsrt.calib.graphed_step import graph_unsupported
 from compsrt.calib.step import update_
 from compsrt.config import CalibConfig, QuantConfig
@@ -117,7 +117,7 @@ def test_the_update_reads_no_changing_host_value(fp_model):
     x = torch.rand(2, 3, 16, 16)
     student = compress_(copy.deepcopy(fp_model), QuantConfig(bits=3))
     search_bounds_(student, smooth_images(3, 64, 2), CFG, torch.device("cpu"))
-    opt, qs = _optimizer(student, CFG), quantizers(student)
+    opt, qs = quant_optimizer(student, CFG), quantizers(student)
     logs, params = [], []
     for it in range(3):
         opt.zero_grad()

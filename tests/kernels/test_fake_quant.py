@@ -28,7 +28,7 @@ def _fq(x, params, bits, **kw):
 
 
 def _written_out(x, lower, upper, s2, z2, bits, grad):
-    """DESIGN.md's quantizer and its STE gradients, term by term (fp32, like the reference)."""
+    """docs/engine.md's quantizer and its STE gradients, term by term (fp32, like the reference)."""
     qmax = 2 ** bits - 1
     l, u, s2, z2 = (t.detach().float() for t in (lower, upper, s2, z2))
     s = (u - l) / qmax + s2

@@ -1,0 +1,135 @@
+"""Every diagnostic in research/ runs, on the tiny SwinIR-light of tests/calib/test_calibrate.py,
+so that none of them rots while the product moves (each a few seconds).
+
+They are run in this process through their ``main(argv)``; what they print is checked only for
+its shape: the numbers are for the notes in docs/, not for tests.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "calib"))
+from test_calibrate import TINY, fit_tiny_model, quantized, smooth_images, tiny_batch, write_tiny_inputs  # noqa: E402
+
+from compsrt.calib.methods import method_config  # noqa: E402
+from compsrt.model.swinir import SwinIRLight  # noqa: E402
+from compsrt.quant.compress import save_calibrated  # noqa: E402
+
+
+def research(name: str):
+    """research/<name>.py as a module (the folder is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"research_{name}", ROOT / "research" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """The tiny model's weights, five training images (LR 80 px: the quick default's 64 px
+    patches fit), a one-set benchmark folder and two calibrated 2-bit checkpoints."""
+    root = tmp_path_factory.mktemp("research")
+    fp = fit_tiny_model()
+    weights, data = write_tiny_inputs(root, fp, 5)
+    bench = root / "bench" / "Tiny" / "HR"
+    bench.mkdir(parents=True)
+    for i, p in enumerate(smooth_images(2, 48, 11)):
+        Image.fromarray(p.hr).save(bench / f"b{i}.png")
+    ckpts = []
+    for method in ("compsrt", "2dquant"):
+        ckpts.append(root / f"{method}.safetensors")
+        save_calibrated(quantized(copy.deepcopy(fp), method_config(method, 2), tiny_batch()), ckpts[-1])
+    return {"weights": weights, "data": data, "bench": root / "bench", "ckpts": ckpts}
+
+
+def start_argv(tiny, what: str, *more: str) -> list[str]:
+    return [what, *more, "--weights", str(tiny["weights"]), "--data", str(tiny["data"])]
+
+
+@pytest.mark.parametrize("what, more, expect", [
+    ("dobi-error", ["--methods", "2dquant", "compsrt"], "error energy"),
+    ("linesearch", ["--methods", "compsrt", "--batches", "1"], "sign step of 0.2"),
+    ("grad-snr", ["--methods", "compsrt", "--batches", "2"], "|mean| / std"),
+    ("attribution", ["--methods", "compsrt"], "fc2 input (post-GELU) at 8 bits"),
+    ("train-group", ["--methods", "compsrt", "--iters", "2"], "training weights: fidelity"),
+    ("ln-shift", ["--methods", "compsrt", "--iters", "2"], "centred:"),
+    ("weight-shape", [], "quantized weights: kurtosis"),
+])
+def test_calib_start_diagnostics_on_training_data(tiny, capsys, what, more, expect):
+    threads = torch.get_num_threads()
+    research("calib_start_diagnostics").main(start_argv(tiny, what, "--bits", "2", *more))
+    assert expect in capsys.readouterr().out
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("what, n, more, expect", [
+    ("rescore", 2, ["--patches", "2"], "held-out patches, PSNR vs HR"),
+    ("group-off", 1, ["--bench", "BENCH", "--set", "Tiny", "--clip"], "linear inputs clipped only"),
+    ("clip-channels", 2, ["--bench", "BENCH", "--set", "Tiny"], "top-3 share"),
+    ("widen", 2, ["--bench", "BENCH", "--set", "Tiny", "--alphas", "1", "1.2"], "x1.2: PSNR"),
+])
+def test_calib_start_diagnostics_on_checkpoints(tiny, capsys, what, n, more, expect):
+    more = [str(tiny["bench"]) if m == "BENCH" else m for m in more]
+    ckpts = tiny["ckpts"][:n]
+    research("calib_start_diagnostics").main(start_argv(tiny, what, *map(str, ckpts), *more))
+    out = capsys.readouterr().out
+    assert expect in out and all(str(c) in out for c in ckpts)
+
+
+def test_every_group_of_calib_start_diagnostics_names_quantizers():
+    """The groups go by module name: a renamed module must not leave one empty (it once did)."""
+    from compsrt.quant.compress import compress_
+
+    diag = research("calib_start_diagnostics")
+    model = compress_(SwinIRLight(TINY), method_config("compsrt", 2))
+    sizes = {g: len(diag._group(model, g)) for g in diag.GROUPS}
+    assert all(sizes.values()), sizes
+    assert sum(sizes[g] for g in diag.TRAIN_GROUPS) == len(diag._group(model, None))   # a partition
+
+
+def test_calib_start_diagnostics_asks_for_the_benchmark_folder(tiny, capsys):
+    with pytest.raises(SystemExit):
+        research("calib_start_diagnostics").main(start_argv(tiny, "widen", str(tiny["ckpts"][0])))
+    assert "--bench" in capsys.readouterr().err
+
+
+def test_calib_unclamped_codes(tiny, tmp_path, capsys):
+    argv = ["--weights", str(tiny["weights"]), "--data", str(tiny["data"]), "--iters", "3", "--batch", "1",
+            "--calib-batch", "2", "--patch", "16", "--val-every", "1", "--val-patches", "1", "--val-images", "1",
+            "--eval-data", str(tiny["bench"]), "--sets", "Tiny", "--out", str(tmp_path / "c"), "--quiet"]
+    assert research("calib_unclamped_codes").main(argv) == 0
+    out = capsys.readouterr().out
+    assert "codes unclamped: 32 quantizers" in out and "| Tiny |" in out
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["levels"]["median_levels"] >= 4 and report["calibration"]["iters_done"] == 3
+    assert (tmp_path / "c" / "calibrated.safetensors").is_file()
+
+
+def test_calib_tiny_rates(capsys):
+    research("calib_tiny_rates").main(["--steps", "3", "--methods", "tuning-only"])
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 2 and all("best of last 5" in r for r in rows)
+
+
+def test_fake_quant_backward(capsys):
+    research("fake_quant_backward").main(["--scale", "0.002", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| where(mask, g, 0) |" in out and "| fc2 input (8192, 128) |" in out
+
+
+def test_compare_per_image(tmp_path, capsys):
+    for name, shift in (("a", 0.1), ("b", 0.0)):
+        images = [{"image": f"im{i}", "psnr_db": 30 + i * 0.3 + shift * (i % 3), "ssim": 0.9 + shift * (i % 2) / 10}
+                  for i in range(7)]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"weights": name, "results": {"Set": {"images": images}}}))
+    assert research("compare_per_image").main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert "Wilcoxon p" in capsys.readouterr().out
