@@ -41,10 +41,11 @@ setup(
         "scipy",
         "safetensors",
         "pillow",
+        "pypng",        # 16-bit RGB/RGBA/gray+alpha PNG, which Pillow reads as 8 bits and cannot write
         "tqdm",
         "ninja",
         "triton; platform_system == 'Linux'",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
     entry_points={"console_scripts": ["compsrt-infer=compsrt.cli:main"]},
 )

@@ -22,25 +22,14 @@ from compsrt.data import load_benchmark
 from compsrt.kernels.fake_quant import fake_quant_ref
 from compsrt.kernels.hadamard import hadamard_ref
 from compsrt.load import load_model
-from compsrt.quant.compress import load_calibrated
-from compsrt.quant.qmodules import QuantAttend, QuantLinear
-
-
-def _site_inputs(model, x):
-    seen = {}
-    hooks = [m.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(n, a))
-             for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantAttend))]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    return seen
+from compsrt.quant.compress import load_calibrated, site_inputs
+from compsrt.quant.qmodules import QuantLinear
 
 
 def code_ties(fake, packed, x) -> dict:
     """Differing activation codes at the Linear inputs and differing attention output rows."""
     codes_off = codes_all = rows_off = rows_all = 0
-    for name, args in _site_inputs(fake, x).items():
+    for name, args in site_inputs(fake, x).items():
         mod, rt = fake.get_submodule(name), packed.get_submodule(name)
         if isinstance(mod, QuantLinear):
             t = args[0].reshape(-1, args[0].shape[-1]).float()

@@ -4,6 +4,8 @@ Runs the bundled packed 4-bit SwinIR-light of ``--scale`` (the integer runtime) 
 ``--model NAME`` picks another bundled model (``--list-models``) or ``--weights`` names a file:
 official ``.pth``, our FP safetensors, a packed or a calibrated CompSRT checkpoint. User
 mistakes print one line and exit 2; outputs are written atomically and never over an input.
+``--tile auto`` (the default) tiles an image only when a whole-image run would not fit in half
+of the available memory (compsrt.infer.auto_tile); ``--skip-existing`` resumes a folder run.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from pathlib import Path
 from .device import parse_device
 from .errors import CompsrtError
 from .io import MAX_PIXELS, SUPPORTED_SUFFIXES, check_image_path, load_image, save_image
-from .infer import upscale
+from .infer import (AUTO_OVERLAP, GIB, auto_tile, available_bytes, bytes_per_pixel, estimate_bytes, is_out_of_memory,
+                    upscale)
 from .load import ARCHS, bundled_model, bundled_models, default_infer_model, load_model
 
 
@@ -29,13 +32,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--list-models", action="store_true", help="list the bundled models with their sizes and exit")
     p.add_argument("--weights", type=Path, help="any weights file: FP, packed or calibrated checkpoint")
     p.add_argument("--arch", choices=ARCHS, default="swinir-light")
-    p.add_argument("--tile", type=int, default=0, help="process in tiles of N LR pixels (0 = whole image)")
-    p.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles in LR pixels")
+    p.add_argument("--tile", type=_tile_arg, default="auto",
+                   help="process in tiles of N LR pixels; 0 = whole image; auto (default) = tile only when the "
+                        "whole image's estimated memory exceeds half of the available memory")
+    p.add_argument("--tile-overlap", type=int, default=AUTO_OVERLAP, help="overlap between tiles in LR pixels")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse inputs larger than this many pixels, before decoding (default {MAX_PIXELS:,}; 0 = no limit)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave outputs that already exist as they are (resume a folder run) instead of redoing them")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _tile_arg(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: give auto or a number of pixels") from None
 
 
 def _is_input(p: Path) -> bool:
@@ -94,22 +110,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.model is not None and args.weights is not None:
             raise CompsrtError("--model and --weights both given; pick one")
-        if args.tile < 0 or args.tile_overlap < 0 or (args.tile and args.tile_overlap >= args.tile):
+        fixed = args.tile != "auto"
+        if args.tile_overlap < 0 or (fixed and (args.tile < 0 or (args.tile and args.tile_overlap >= args.tile))):
             raise CompsrtError(f"--tile {args.tile} --tile-overlap {args.tile_overlap}: need tile >= 0 and overlap < tile")
-        if 0 < args.tile < 16:
+        if fixed and 0 < args.tile < 16:
             raise CompsrtError(f"--tile {args.tile}: tiles must be at least 16 LR pixels (twice the 8-pixel "
                                "attention window), or 0 for the whole image")
         jobs = _jobs(args.src, args.dst)
         dev = parse_device(args.device)
+        if args.src.is_dir():
+            _remove_our_leftovers(args.dst)
+        skipped = [src for src, dst in jobs if args.skip_existing and dst.exists()]
+        jobs = [(src, dst) for src, dst in jobs if not (args.skip_existing and dst.exists())]
+        if not jobs:
+            print(f"compsrt-infer: 0 written, {len(skipped)} skipped (outputs exist; --skip-existing)", file=sys.stderr)
+            return 0
         weights = args.weights
         if args.model is not None:
             weights = bundled_model(args.model)
         elif weights is None:
             weights = default_infer_model(args.scale, args.arch)
         model = load_model(weights, args.scale, args.arch, dev)
-        if args.src.is_dir():
-            _remove_our_leftovers(args.dst)
-        return _run(model, jobs, args, dev)
+        return _run(model, jobs, len(skipped), args, dev)
     except (CompsrtError, OSError) as e:
         print(f"compsrt-infer: error: {e}", file=sys.stderr)
         return 2
@@ -118,28 +140,62 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run(model, jobs: list[tuple[Path, Path]], args: argparse.Namespace, dev) -> int:
+def _run(model, jobs: list[tuple[Path, Path]], skipped: int, args: argparse.Namespace, dev) -> int:
     """Upscale every job; a folder run reports an image that fails in one line and goes on."""
     from tqdm import tqdm
 
-    if len(jobs) == 1:
-        src, dst = jobs[0]
-        save_image(upscale(model, load_image(src, args.max_pixels), args.scale, args.tile, args.tile_overlap, dev,
-                           progress=not args.quiet), dst)
+    if len(jobs) == 1 and not args.src.is_dir():
+        _one(model, *jobs[0], args, dev, progress=not args.quiet)
         return 0
     failed = []
     for src, dst in tqdm(jobs, desc="images", disable=args.quiet):
         try:
-            img = load_image(src, args.max_pixels)
-            save_image(upscale(model, img, args.scale, args.tile, args.tile_overlap, dev, progress=False), dst)
+            _one(model, src, dst, args, dev, progress=False)
         except CompsrtError as e:
             failed.append(src.name)
             print(f"compsrt-infer: error: {e}", file=sys.stderr)
+    summary = f"{len(jobs) - len(failed)} written"
+    if skipped:
+        summary += f", {skipped} skipped (outputs exist)"
     if failed:
-        print(f"compsrt-infer: {len(jobs) - len(failed)} written, {len(failed)} failed: {', '.join(failed)}",
-              file=sys.stderr)
-        return 2
-    return 0
+        summary += f", {len(failed)} failed: {', '.join(failed)}"
+    if failed or skipped:
+        print(f"compsrt-infer: {summary}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _one(model, src: Path, dst: Path, args: argparse.Namespace, dev, progress: bool) -> None:
+    """Read, upscale (choosing the tiling), write one image; an allocator failure is a CompsrtError."""
+    try:
+        _upscale_file(model, src, dst, args, dev, progress)
+    except (RuntimeError, MemoryError) as e:   # reading or writing: upscale() converts its own
+        if not is_out_of_memory(e):
+            raise
+        why = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+        raise CompsrtError(f"{src}: out of memory reading or writing it ({why}); "
+                           "lower --max-pixels to refuse images this large here") from None
+
+
+def _upscale_file(model, src: Path, dst: Path, args: argparse.Namespace, dev, progress: bool) -> None:
+    img = load_image(src, args.max_pixels)
+    tile = args.tile
+    if tile == "auto":
+        h, w = img.rgb.shape[-2:]
+        per_pixel = bytes_per_pixel(model)
+        avail = available_bytes(dev)
+        budget = avail // 2 if avail is not None else 4 * GIB
+        tile = auto_tile(h, w, args.scale, budget, per_pixel, overlap=args.tile_overlap)
+        if tile:
+            print(f"compsrt-infer: {src.name}: a whole-image run of {w}x{h} needs about "
+                  f"{estimate_bytes(h, w, args.scale, per_pixel) / GIB:.1f} GB, over half of the "
+                  f"{(avail if avail is not None else 8 * GIB) / GIB:.1f} GB available; tiling in {tile}x{tile} "
+                  f"tiles (--tile 0 forces a whole-image run)", file=sys.stderr)
+    try:
+        out = upscale(model, img, args.scale, tile, args.tile_overlap, dev, progress=progress)
+    except CompsrtError as e:
+        raise CompsrtError(f"{src}: {e}") from None
+    del img
+    save_image(out, dst)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Configuration dataclasses: frozen, validated on construction, passed explicitly."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+
+MAX_PARAMETERS = 100_000_000   # SwinIR-light has 0.9M, the classical SwinIR 12M
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,34 @@ class SwinIRConfig:
                 raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {h}")
         if self.window_size < 2 or self.window_size % 2:
             raise ValueError(f"window_size must be an even number >= 2, got {self.window_size}")
+        # Sane upper bounds, so that a damaged or hostile header cannot ask for a huge allocation.
+        for name, value, top in (("embed_dim", self.embed_dim, 1024), ("window_size", self.window_size, 64),
+                                 ("num_heads", max(self.num_heads), 64), ("depths", max(self.depths), 64),
+                                 ("sum(depths)", sum(self.depths), 256), ("len(depths)", len(self.depths), 16)):
+            if value > top:
+                raise ValueError(f"{name} must be at most {top}, got {value}")
+        if self.in_chans != 3:
+            raise ValueError(f"in_chans must be 3 (the model subtracts a 3-channel rgb_mean), got {self.in_chans}")
+        if len(self.rgb_mean) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.rgb_mean):
+            raise ValueError(f"rgb_mean must be 3 finite numbers, got {self.rgb_mean}")
+        for name, value, top in (("mlp_ratio", self.mlp_ratio, 8.0), ("img_range", self.img_range, 1e4)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
+                raise ValueError(f"{name} must be a number in (0, {top:g}], got {value}")
+        if self.mlp_hidden < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} gives an MLP of {self.mlp_hidden} channels; need at least 1")
+        if self.parameter_count > MAX_PARAMETERS:
+            raise ValueError(f"embed_dim {self.embed_dim}, depths {self.depths}, mlp_ratio {self.mlp_ratio} make "
+                             f"{self.parameter_count / 1e6:.0f}M parameters, over {MAX_PARAMETERS / 1e6:.0f}M")
+
+    @property
+    def parameter_count(self) -> int:
+        """The model's number of learned values (the Linear, conv, norm and bias-table tensors)."""
+        d, hid, ws = self.embed_dim, self.mlp_hidden, self.window_size
+        block = 4 * d * d + 4 * d + 2 * d * hid + hid + d + 4 * d   # qkv + proj, MLP, two LayerNorms
+        table = (2 * ws - 1) ** 2                                    # relative-position bias, per head
+        blocks = sum(depth * (block + table * heads) for depth, heads in zip(self.depths, self.num_heads))
+        convs = (len(self.depths) + 1) * (9 * d * d + d) + 9 * self.in_chans * d + d
+        return blocks + convs + 9 * d * 3 * self.scale ** 2 + 3 * self.scale ** 2 + 4 * d
 
     @property
     def shift_size(self) -> int:

@@ -7,20 +7,12 @@ gets the packed file the integer runtime runs (:mod:`compsrt.quant.pack`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
 from .errors import CompsrtError
+from .state import file_sha256
 from .quant.pack import FP_DTYPES, pack_model, save_packed
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def source_sha256(weights: str, scale: int) -> str:

@@ -7,6 +7,7 @@ caller (:mod:`compsrt.train`, :mod:`compsrt.calib.calibrate`) checks its own.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,15 @@ from torch import Tensor
 
 from .errors import CompsrtError
 from .io import atomic_path
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_state(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:

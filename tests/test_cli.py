@@ -474,3 +474,274 @@ def test_model_option_runs_a_bundled_model(capsys, small_png, tmp_path, name):
     rc, err = _run(capsys, small_png, tmp_path / "o.png", "--model", name, "--quiet")
     assert rc == 0, err
     assert PILImage.open(tmp_path / "o.png").size == (34, 24)
+
+
+# -- --skip-existing --------------------------------------------------------------------------
+
+def test_skip_existing_resumes_a_folder_run(capsys, tmp_path, make_rgb, write_png, test_weights):
+    src, dst = tmp_path / "imgs", tmp_path / "ups"
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        write_png(src / name, make_rgb(6, 7, seed=i))
+    rc, err = _run(capsys, src, dst, "--weights", test_weights, "--quiet")
+    assert rc == 0, err
+    (dst / "b.png").unlink()                       # as if the run had been stopped before b
+    (dst / "c.png").write_bytes(b"finished earlier")  # a finished output: must not be redone
+    rc, err = _run(capsys, src, dst, "--weights", test_weights, "--quiet", "--skip-existing")
+    assert rc == 0, err
+    assert "1 written, 2 skipped" in err and "Traceback" not in err
+    assert (dst / "c.png").read_bytes() == b"finished earlier"
+    assert PILImage.open(dst / "b.png").size == (14, 12)
+    rc, err = _run(capsys, src, dst, "--weights", test_weights, "--quiet")   # without it: all redone
+    assert rc == 0 and PILImage.open(dst / "c.png").size == (14, 12)
+
+
+def test_skip_existing_single_file(capsys, tmp_path, small_png, test_weights):
+    dst = tmp_path / "o.png"
+    dst.write_bytes(b"kept")
+    rc, err = _run(capsys, small_png, dst, "--weights", test_weights, "--quiet", "--skip-existing")
+    assert rc == 0 and "1 skipped" in err and dst.read_bytes() == b"kept"
+
+
+def test_skip_existing_reports_failures_too(capsys, tmp_path, make_rgb, write_png, test_weights):
+    src, dst = tmp_path / "imgs", tmp_path / "ups"
+    write_png(src / "a.png", make_rgb(6, 6))
+    (src / "b.png").write_bytes(b"")
+    write_png(src / "c.png", make_rgb(6, 6))
+    write_png(dst / "c.png", make_rgb(12, 12))
+    rc, err = _run(capsys, src, dst, "--weights", test_weights, "--quiet", "--skip-existing")
+    assert rc == 2 and "1 written, 1 skipped (outputs exist), 1 failed: b.png" in err
+
+
+# -- 16 bits, ICC and animation through the CLI -------------------------------------------------
+
+def test_16bit_rgb_png_upscaled_at_16_bits(capsys, tmp_path, make_rgb, test_weights):
+    import png
+
+    low = np.random.default_rng(0).integers(0, 256, (9, 11, 3)).astype(np.uint16)
+    a = (make_rgb(9, 11, seed=4).astype(np.uint16) << 8) | low     # an image, with noise in the low bytes
+    assert len(np.unique(a & 0xFF)) > 50
+    with open(tmp_path / "rgb16.png", "wb") as f:
+        png.Writer(11, 9, greyscale=False, bitdepth=16).write(f, a.reshape(9, 33).tolist())
+    rc, err = _run(capsys, tmp_path / "rgb16.png", tmp_path / "o.png", "--weights", test_weights, "--quiet")
+    assert rc == 0, err
+    w, h, rows, info = png.Reader(filename=str(tmp_path / "o.png")).asDirect()
+    out = np.array([list(r) for r in rows], np.uint16)
+    assert (w, h) == (22, 18) and info["bitdepth"] == 16 and info["planes"] == 3 and not info["greyscale"]
+    assert len(np.unique(out & 0xFF)) > 50   # real 16-bit values, not 8-bit ones times 257
+    # and the same as running the model on the exact 16-bit input
+    from compsrt.model.weights import load_swinir
+
+    with torch.no_grad():
+        want = to_uint(load_swinir(test_weights, 2)(to_float(a, 16)[None])[0].clamp(0, 1), 16)
+    np.testing.assert_array_equal(out.reshape(18, 22, 3), want)
+
+
+def test_icc_profile_survives_the_cli(capsys, tmp_path, make_rgb, test_weights):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    PILImage.fromarray(make_rgb(8, 9)).save(tmp_path / "in.jpg", icc_profile=icc, quality=95)
+    rc, err = _run(capsys, tmp_path / "in.jpg", tmp_path / "o.png", "--weights", test_weights, "--quiet")
+    assert rc == 0, err
+    with PILImage.open(tmp_path / "o.png") as im:
+        assert im.info.get("icc_profile") == icc
+
+
+def test_animated_input_is_one_line_and_the_folder_goes_on(capsys, tmp_path, make_rgb, write_png, test_weights):
+    src, dst = tmp_path / "imgs", tmp_path / "ups"
+    write_png(src / "a.png", make_rgb(6, 6))
+    frames = [PILImage.fromarray(make_rgb(6, 6, seed=s)) for s in range(2)]
+    frames[0].save(src / "anim.png", save_all=True, append_images=frames[1:])   # APNG
+    rc, err = _run(capsys, src, dst, "--weights", test_weights, "--quiet")
+    assert rc == 2 and "2 frames" in _error_line(err) and "anim.png" in _error_line(err)
+    assert "1 written, 1 failed: anim.png" in err and sorted(p.name for p in dst.iterdir()) == ["a.png"]
+
+
+# -- a header's model configuration is validated before anything is built ----------------------
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("num_heads", [0, 6, 6, 6], "num_heads"),
+    ("embed_dim", -60, "embed_dim"),
+    ("window_size", 1 << 20, "window_size must be at most 64"),
+    ("depths", [10 ** 6], "depths"),
+    ("mlp_ratio", 1e9, "mlp_ratio"),
+])
+def test_hostile_calibrated_header_is_one_line(capsys, tmp_path, small_png, state_dict_x2, field, value, expected):
+    import json
+    from dataclasses import asdict
+
+    from compsrt.config import QuantConfig
+    from compsrt.errors import CompsrtError
+    from compsrt.load import load_model
+
+    sw = asdict(SwinIRConfig())
+    sw[field] = value
+    header = {"format": "compsrt-calibrated", "version": 1, "arch": "swinir-light", "swinir": sw,
+              "quant": asdict(QuantConfig()), "provenance": {}}
+    path = tmp_path / "hostile.safetensors"
+    save_file(dict(state_dict_x2), str(path), metadata={"compsrt": json.dumps(header)})
+    with pytest.raises(CompsrtError, match="malformed compsrt header") as e:
+        load_model(path, 2)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--weights", path, "--quiet")
+    assert rc == 2 and expected in _error_line(err)
+    assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(num_heads=(0, 6, 6, 6)), "num_heads"), (dict(embed_dim=-60), "embed_dim"),
+    (dict(window_size=1 << 20), "window_size"), (dict(window_size=66), "window_size"),
+    (dict(embed_dim=1200, num_heads=(6,) * 4), "embed_dim"), (dict(num_heads=(60,) * 4, embed_dim=120 * 60), "embed_dim"),
+    (dict(depths=(65, 6, 6, 6)), "depths"), (dict(depths=(6,) * 17, num_heads=(6,) * 17), "len\\(depths\\)"),
+    (dict(mlp_ratio=0.0), "mlp_ratio"), (dict(mlp_ratio=9.0), "mlp_ratio"), (dict(mlp_ratio=float("nan")), "mlp_ratio"),
+    (dict(mlp_ratio=0.01), "mlp_ratio"), (dict(in_chans=1), "in_chans"), (dict(img_range=0.0), "img_range"),
+    (dict(rgb_mean=(0.5, float("inf"), 0.5)), "rgb_mean"),
+    (dict(embed_dim=1020, depths=(64,) * 4, num_heads=(6,) * 4), "parameters"),
+])
+def test_swinir_config_bounds(bad, match):
+    with pytest.raises(ValueError, match=match):
+        SwinIRConfig(**bad)
+
+
+def test_swinir_config_bounds_keep_real_models():
+    assert SwinIRConfig().parameter_count == sum(p.numel() for p in SwinIRLight(SwinIRConfig()).parameters())
+    SwinIRConfig(embed_dim=180, depths=(6,) * 6, num_heads=(6,) * 6)    # the classical SwinIR fits the bounds
+    SwinIRConfig(scale=4, embed_dim=20, depths=(2,), num_heads=(2,), window_size=4)
+
+
+# -- --tile auto and out-of-memory ------------------------------------------------------------
+
+def _tiny_weights(tmp_path: Path) -> Path:
+    """A small SwinIR-light (width 20, 2 blocks): fast on images large enough to tile."""
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.safetensors"
+    save_file(SwinIRLight(SwinIRConfig(scale=2, embed_dim=20, depths=(2,), num_heads=(2,))).state_dict(), str(path))
+    return path
+
+
+def test_tile_auto_is_the_default_and_tiles_with_a_small_budget(capsys, tmp_path, make_rgb, write_png, monkeypatch):
+    import compsrt.cli as cli
+    from compsrt.infer import estimate_bytes
+    from compsrt.model.weights import load_swinir
+
+    weights = _tiny_weights(tmp_path)
+    src = write_png(tmp_path / "in.png", make_rgb(150, 200, seed=2))
+    rc, err = _run(capsys, src, tmp_path / "whole.png", "--weights", weights, "--quiet")
+    assert rc == 0 and "tiling" not in err                       # plenty of memory here for 150 x 200
+    need = estimate_bytes(150, 200, 2)
+    monkeypatch.setattr(cli, "available_bytes", lambda device: 2 * need - 2)   # half of it: 1 byte short
+    rc, err = _run(capsys, src, tmp_path / "auto.png", "--weights", weights, "--quiet")
+    assert rc == 0, err
+    line = [ln for ln in err.splitlines() if "tiling in" in ln]
+    assert len(line) == 1 and "--tile 0" in line[0], err
+    tile = int(line[0].split("tiling in ")[1].split("x")[0])
+    assert 128 <= tile < 200
+    x = load_image(src).rgb[None]
+    want = upscale_tensor(load_swinir(weights, 2), x, 2, tile=tile, overlap=32)
+    np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / "auto.png")), to_uint(want[0]))
+    rc, err = _run(capsys, src, tmp_path / "forced.png", "--weights", weights, "--quiet", "--tile", "0")
+    assert rc == 0 and "tiling" not in err                       # --tile 0: whole, whatever the estimate
+    assert (tmp_path / "forced.png").read_bytes() == (tmp_path / "whole.png").read_bytes()
+
+
+def test_tile_option_values(capsys, tmp_path, small_png, test_weights):
+    with pytest.raises(SystemExit) as e:
+        main([str(small_png), str(tmp_path / "o.png"), "--tile", "big"])
+    assert e.value.code == 2 and "give auto or a number" in capsys.readouterr().err
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--weights", test_weights, "--tile", "auto",
+                   "--tile-overlap", "-1")
+    assert rc == 2 and "--tile-overlap -1" in _error_line(err)
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+                 "you tried to allocate 34359738368 bytes."),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:83] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                 "you tried to allocate 103079215104 bytes. Error code 12 (Cannot allocate memory)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB."),
+    MemoryError(),
+])
+def test_allocator_failure_is_one_line_naming_tile(capsys, tmp_path, small_png, test_weights, monkeypatch, error):
+    import compsrt.infer as infer
+
+    def fails(*a, **k):
+        raise error
+
+    monkeypatch.setattr(infer, "upscale_tensor", fails)
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--weights", test_weights)
+    line = _error_line(err)
+    assert rc == 2 and "--tile" in line and "out of memory" in line and str(small_png) in line
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_allocator_failure_while_writing_is_one_line(capsys, tmp_path, small_png, test_weights, monkeypatch):
+    import compsrt.cli as cli
+
+    def fails(*a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr(cli, "save_image", fails)
+    rc, err = _run(capsys, small_png, tmp_path / "o.png", "--weights", test_weights)
+    assert rc == 2 and "out of memory" in _error_line(err) and str(small_png) in _error_line(err)
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(tmp_path, small_png, model_x2, monkeypatch):
+    import compsrt.infer as infer
+
+    def fails(*a, **k):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(infer, "upscale_tensor", fails)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        infer.upscale(model_x2, load_image(small_png), 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["fp", "packed"])
+def test_auto_tiles_match_untiled_trained_weights(benchmark_dir, model):
+    """Auto-sized tiles (here forced small by a small budget) blend to >= 50 dB of the untiled output."""
+    from compsrt.infer import GIB, auto_tile, bytes_per_pixel, estimate_bytes
+    from compsrt.load import bundled_models, load_model
+
+    name = "swinir_light_x2" if model == "fp" else "swinir_light_x2_w4"
+    if name not in bundled_models():
+        pytest.skip(f"{name} is not bundled")
+    m = load_model(bundled_models()[name], 2)
+    x = load_image(benchmark_dir / "Set14" / "LR_bicubic" / "X2" / "ppt3x2.png").rgb[None]
+    h, w = x.shape[-2:]
+    per_pixel = bytes_per_pixel(m)
+    budget = estimate_bytes(h, w, 2, per_pixel) // 2
+    tile = auto_tile(h, w, 2, budget, per_pixel)
+    assert 128 <= tile < min(h, w) and estimate_bytes(tile, tile, 2, per_pixel) <= budget
+    assert auto_tile(2000, 3000, 2, 10 * GIB, per_pixel) >= 512   # real sizes: the tiles are large
+    whole = upscale_tensor(m, x, 2)
+    tiled = upscale_tensor(m, x, 2, tile=tile, overlap=32)
+    db = _psnr_db(to_float(to_uint(tiled[0]))[None], to_float(to_uint(whole[0]))[None])
+    print(f"Set14 ppt3 x2 {name}, auto tile {tile} overlap 32 vs untiled: {db:.2f} dB")
+    assert db >= 50
+
+
+@pytest.mark.slow
+def test_3000x2000_photo_without_options_within_8gb(tmp_path, make_rgb):
+    """The issue's case: a 6 MP photo, no options, the default (packed) model: tiled automatically."""
+    from compsrt.infer import GIB, auto_tile, available_bytes
+
+    avail = available_bytes("cpu")
+    if avail is not None and auto_tile(2000, 3000, 2, avail // 2) == 0:
+        pytest.skip(f"{avail / GIB:.0f} GB available: a whole-image run is expected to fit, no tiling to check")
+    src = tmp_path / "photo.png"
+    PILImage.fromarray(make_rgb(2000, 3000, seed=9)).save(src)
+    dst = tmp_path / "photo_x2.png"
+    code = ("import resource, sys; from compsrt.cli import main; "
+            "rc = main(sys.argv[1:]); "
+            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(dst), "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=3 * 3600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "tiling in" in proc.stderr and "Traceback" not in proc.stderr
+    rss_kb = int(proc.stderr.split("maxrss_kb")[1].split()[0])
+    print(f"3000x2000 without options: peak RSS {rss_kb / 2 ** 20:.2f} GiB; {proc.stderr.splitlines()[0]}")
+    assert rss_kb < 8 * 2 ** 20
+    with PILImage.open(dst) as im:
+        assert im.size == (6000, 4000)
+    assert _stray(tmp_path, {"photo.png", "photo_x2.png"}) == []

@@ -165,13 +165,147 @@ def test_16bit_gray_png_read_scaled_and_written_back_16bit(tmp_path):
     assert back.bits == 16 and torch.equal(back.rgb, img.rgb)
 
 
-def test_16bit_rgb_png_reads_within_one_8bit_level(tmp_path):
-    # Pillow decodes 16-bit RGB PNG to 8-bit RGB; the values must still land on the right scale.
-    a = np.random.default_rng(8).integers(0, 65536, (5, 6, 3)).astype(np.uint16)
-    (tmp_path / "rgb16.png").write_bytes(_png16(a))
+def _png16_pypng(path, a: np.ndarray) -> None:
+    """A 16-bit PNG with pypng: (H, W) gray, (H, W, 2) gray+alpha, (H, W, 3) RGB or (H, W, 4) RGBA."""
+    import png
+
+    a = a if a.ndim == 3 else a[..., None]
+    h, w, c = a.shape
+    with open(path, "wb") as f:
+        png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16).write(f, a.reshape(h, w * c).tolist())
+
+
+def _read_pypng(path) -> tuple[np.ndarray, dict]:
+    import png
+
+    w, h, rows, info = png.Reader(filename=str(path)).asDirect()
+    return np.array([list(r) for r in rows], np.uint16).reshape(h, w, info["planes"]), info
+
+
+def _low_bytes_vary(h, w, c, seed) -> np.ndarray:
+    a = np.random.default_rng(seed).integers(0, 65536, (h, w, c)).astype(np.uint16)
+    a.flat[0], a.flat[1] = 0, 65535
+    assert len(np.unique(a & 0xFF)) > 50
+    return a
+
+
+@pytest.mark.parametrize("channels", [3, 4, 2])
+def test_16bit_colour_and_alpha_png_exact_both_ways(tmp_path, channels):
+    """16-bit RGB, RGBA and gray+alpha PNG (which Pillow cuts to 8 bits) keep every value, low bytes included."""
+    a = _low_bytes_vary(7, 9, channels, seed=8)
+    src = tmp_path / "in16.png"
+    _png16_pypng(src, a)
+    img = load_image(src)
+    assert img.bits == 16 and img.gray == (channels == 2) and (img.alpha is not None) == (channels in (2, 4))
+    colour = a[..., :1] if channels == 2 else a[..., :3]
+    np.testing.assert_array_equal(to_uint(img.rgb, 16)[..., : colour.shape[-1]], colour)
+    if img.alpha is not None:
+        np.testing.assert_array_equal(to_uint(img.alpha, 16)[..., 0], a[..., -1])
+    dst = tmp_path / "out16.png"
+    save_image(img, dst)
+    back, info = _read_pypng(dst)
+    assert info["bitdepth"] == 16 and info["planes"] == channels
+    np.testing.assert_array_equal(back, a)
+    assert load_image(dst).bits == 16
+
+
+def test_16bit_rgb_png_to_8bit_formats(tmp_path):
+    a = _low_bytes_vary(5, 6, 3, seed=9)
+    _png16_pypng(tmp_path / "rgb16.png", a)
     img = load_image(tmp_path / "rgb16.png")
-    ref = torch.from_numpy(a.astype(np.float32) / 65535).permute(2, 0, 1)
-    assert (img.rgb - ref).abs().max() <= 1 / 255 + 1e-6
+    for suffix in (".jpg", ".bmp", ".tif"):   # no 16-bit colour writer there: 8 bits, the nearest level
+        save_image(img, tmp_path / f"o{suffix}")
+        with PILImage.open(tmp_path / f"o{suffix}") as im:
+            assert im.mode == "RGB" and im.size == (6, 5)
+    np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / "o.bmp")),
+                                  np.round(a.astype(np.float64) / 65535 * 255).astype(np.uint8))
+
+
+def test_16bit_png_with_exif_orientation_is_turned(tmp_path, make_rgb):
+    """The pypng path honours EXIF orientation (an eXIf chunk) as the Pillow path does."""
+    a = _low_bytes_vary(4, 7, 3, seed=10)
+    plain = tmp_path / "plain.png"
+    _png16_pypng(plain, a)
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    body = exif.tobytes()
+    body = body[6:] if body.startswith(b"Exif\x00\x00") else body
+    data = plain.read_bytes()
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body))
+    (tmp_path / "turned.png").write_bytes(data[:33] + chunk + data[33:])
+    img = load_image(tmp_path / "turned.png")
+    np.testing.assert_array_equal(to_uint(img.rgb, 16), np.rot90(a, -1))
+
+
+def test_orient_matches_pillow_exif_transpose(make_rgb):
+    from PIL import ImageOps
+
+    from compsrt.io import orient
+
+    a = make_rgb(5, 8, seed=11)
+    for value in range(1, 9):
+        im = PILImage.fromarray(a)
+        exif = im.getexif()
+        exif[0x0112] = value
+        im.info["exif"] = exif.tobytes()
+        want = np.asarray(ImageOps.exif_transpose(im))
+        np.testing.assert_array_equal(orient(a, value), want, err_msg=f"orientation {value}")
+
+
+# -- ICC profiles -----------------------------------------------------------------------------
+
+def _icc(space: bytes) -> bytes:
+    """A stand-in ICC profile: 128-byte header with the colour space at offset 16 (writers embed it as is)."""
+    head = bytearray(128)
+    head[0:4] = struct.pack(">I", 128)
+    head[12:16] = b"mntr"
+    head[16:20] = space
+    head[36:40] = b"acsp"
+    return bytes(head) + b"\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+def test_icc_profile_is_kept(tmp_path, make_rgb, suffix):
+    icc = _icc(b"RGB ")
+    src = tmp_path / f"in{suffix}"
+    PILImage.fromarray(make_rgb(6, 7)).save(src, icc_profile=icc)
+    img = load_image(src)
+    assert img.icc == icc
+    save_image(img, tmp_path / f"out{suffix}")
+    with PILImage.open(tmp_path / f"out{suffix}") as im:
+        assert im.info.get("icc_profile") == icc
+    save_image(img, tmp_path / "out.bmp")   # BMP has no ICC: written without it
+    gray = tmp_path / f"g{suffix}"
+    PILImage.fromarray(make_rgb(6, 7)[..., 0], mode="L").save(gray, icc_profile=_icc(b"GRAY"))
+    save_image(load_image(gray), tmp_path / f"g_out{suffix}")
+    with PILImage.open(tmp_path / f"g_out{suffix}") as im:
+        assert im.mode == "L" and im.info.get("icc_profile") == _icc(b"GRAY")
+
+
+def test_icc_profile_kept_on_16bit_png_and_dropped_when_it_does_not_fit(tmp_path, make_rgb):
+    icc = _icc(b"RGB ")
+    img = Image(rgb=to_float(_low_bytes_vary(4, 5, 3, seed=12), 16), bits=16, icc=icc)
+    save_image(img, tmp_path / "o16.png")
+    with PILImage.open(tmp_path / "o16.png") as im:
+        assert im.info.get("icc_profile") == icc
+    assert load_image(tmp_path / "o16.png").icc == icc
+    assert _read_pypng(tmp_path / "o16.png")[1]["bitdepth"] == 16
+    # a CMYK profile does not describe the RGB the CMYK input became: not written
+    save_image(Image(rgb=img.rgb, icc=_icc(b"CMYK")), tmp_path / "cmyk.png")
+    with PILImage.open(tmp_path / "cmyk.png") as im:
+        assert "icc_profile" not in im.info
+
+
+# -- animated and multi-page inputs ------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_animated_or_multipage_input_is_refused(tmp_path, make_rgb, suffix):
+    frames = [PILImage.fromarray(make_rgb(6, 6, seed=s)) for s in range(3)]
+    p = tmp_path / f"anim{suffix}"
+    frames[0].save(p, save_all=True, append_images=frames[1:])
+    with pytest.raises(CompsrtError) as e:
+        load_image(p)
+    assert str(p) in str(e.value) and "3 frames" in str(e.value) and "\n" not in str(e.value)
 
 
 # -- errors -----------------------------------------------------------------------------------

@@ -154,6 +154,20 @@ def rotate_rows(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
     return dot_pm1(v, h, SPLIT_F32, DOT_DTYPE) * INV_SQRT_N
 
 
+
+@triton.jit
+def rotate_quantize_tile(blk, x_ptr, M, K, C, stride_xb, stride_xk, stride_xc, h, lo, hi, s, z, qmax,
+                         NP: tl.constexpr, INV_SQRT_N: tl.constexpr, SPLIT_ROWS: tl.constexpr,
+                         SPLIT_F32: tl.constexpr, DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Tile ``blk`` of the row kernels: its rows (:func:`row_index`), their rotation ``xr``
+    (:func:`rotate_rows`) and :func:`quantize` of it: (rb, rk, row_ok, xr, y, r, q)."""
+    rb, rk, row_ok = row_index(blk, M, K, BLOCK_M, SPLIT_ROWS)
+    xr = rotate_rows(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
+                     NP, INV_SQRT_N, SPLIT_F32, DOT_DTYPE)
+    y, r, q = quantize(xr, lo, hi, s, z, qmax)
+    return rb, rk, row_ok, xr, y, r, q
+
+
 # --------------------------------------------------------------------------------------------
 # Host helpers
 # --------------------------------------------------------------------------------------------

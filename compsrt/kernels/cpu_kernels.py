@@ -31,13 +31,10 @@ import argparse
 import ctypes
 import functools
 import hashlib
-import os
 import platform
 import shutil
-import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +42,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CompsrtError
+from ._native import build_library, find_source_dir, load_existing
 from .hadamard import next_pow2
 
 LIB_NAME = "libcompsrt_cpu.so"
@@ -68,12 +66,7 @@ def source_dir() -> Path:
     Raises:
         CompsrtError: neither holds it (a broken install).
     """
-    here = Path(__file__).resolve()
-    for folder in (here.parents[2] / "csrc", here.parents[1] / "_csrc"):
-        if (folder / SOURCE).is_file():
-            return folder
-    raise CompsrtError(f"{SOURCE} not found in {here.parents[2] / 'csrc'} or {here.parents[1] / '_csrc'}: "
-                       "reinstall compsrt (pip install .) from a full checkout")
+    return find_source_dir((SOURCE,), SOURCE)
 
 
 def find_gxx() -> Optional[str]:
@@ -138,18 +131,7 @@ def compile_library(out_dir: Optional[Path] = None, extra_flags: tuple[str, ...]
     if gxx is None:
         raise CompsrtError(_NO_GXX)
     out = Path(out_dir) if out_dir is not None else cache_dir(library_key())
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / LIB_NAME
-    tmp = out / f".{LIB_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    cmd = [gxx, *FLAGS, *extra_flags, str(source_dir() / SOURCE), "-o", str(tmp)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"g++ failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return build_library([gxx, *FLAGS, *extra_flags, str(source_dir() / SOURCE)], out, LIB_NAME, "g++")
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -201,13 +183,9 @@ def load_library() -> ctypes.CDLL:
 
 def _load() -> ctypes.CDLL:
     key = library_key()
-    unloadable = []
-    for folder in (prebuilt_dir(key), cache_dir(key)):
-        if (folder / LIB_NAME).is_file():
-            try:
-                return _bind(ctypes.CDLL(str(folder / LIB_NAME)))
-            except OSError as e:
-                unloadable.append(f"{folder / LIB_NAME}: {e}")
+    lib, unloadable = load_existing((prebuilt_dir(key), cache_dir(key)), LIB_NAME, _bind)
+    if lib is not None:
+        return lib
     path = compile_library(cache_dir(key))
     try:
         return _bind(ctypes.CDLL(str(path)))
@@ -267,6 +245,17 @@ def _qp(qp: Tensor, rows: Optional[int]) -> Tensor:
         raise ValueError(f"qp must be {'(4,) or (S, 4)' if rows is None else f'({rows}, 4)'} [l, u, s, z], "
                          f"got shape {tuple(qp.shape)}")
     return qp.detach().float().contiguous()
+
+
+def _output(out: Optional[Tensor], m: int, cols: int) -> Tensor:
+    """``out`` checked to be fp32 (m, cols) with contiguous columns (any row stride), or a new one."""
+    if out is None:
+        return torch.empty((m, cols), dtype=torch.float32)
+    _check("out", out, torch.float32, 2)
+    if tuple(out.shape) != (m, cols) or (cols > 1 and out.stride(1) != 1) or (m > 1 and out.stride(0) < cols):
+        raise ValueError(f"out must be ({m}, {cols}) fp32 with contiguous columns, got shape "
+                         f"{tuple(out.shape)} strides {out.stride()}")
+    return out
 
 
 def _threads() -> int:
@@ -371,13 +360,7 @@ def linear_epilogue_cpu(acc: Tensor, n_out: int, alpha: float, beta: float, c0: 
     if dc_x is not None:
         _check_vector("dc_x", dc_x, m)
         _check_vector("dc_w", dc_w, n_out)
-    if out is None:
-        out = torch.empty((m, n_out), dtype=torch.float32)
-    else:
-        _check("out", out, torch.float32, 2)
-        if tuple(out.shape) != (m, n_out) or (n_out > 1 and out.stride(1) != 1) or (m > 1 and out.stride(0) < n_out):
-            raise ValueError(f"out must be ({m}, {n_out}) fp32 with contiguous columns, got shape "
-                             f"{tuple(out.shape)} strides {out.stride()}")
+    out = _output(out, m, n_out)
     if m == 0:
         return out
     lib = load_library()
@@ -463,14 +446,7 @@ def packed_linear_cpu(x: Tensor, qp: Tensor, bits: int, keep_dc: bool, rotate: b
         raise ValueError("dc_w must be given exactly when keep_dc is set")
     if dc_w is not None:
         _check_vector("dc_w", dc_w, s * per)
-    if out is None:
-        out = torch.empty((m, s * per), dtype=torch.float32)
-    else:
-        _check("out", out, torch.float32, 2)
-        cols = s * per
-        if tuple(out.shape) != (m, cols) or (cols > 1 and out.stride(1) != 1) or (m > 1 and out.stride(0) < cols):
-            raise ValueError(f"out must be ({m}, {s * per}) fp32 with contiguous columns, got shape "
-                             f"{tuple(out.shape)} strides {out.stride()}")
+    out = _output(out, m, s * per)
     if m == 0:
         return out
     lib = load_library()

@@ -29,8 +29,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._triton_common import (FLOAT_DTYPES, cast_out, code_of, dot_dtype, dot_pm1, quantize, rotate_rows, row_index,
-                             row_tile_config, rotated_shape, rotated_strides, rows_view, sylvester_block)
+from ._triton_common import (FLOAT_DTYPES, cast_out, code_of, dot_dtype, dot_pm1, rotate_quantize_tile, row_tile_config,
+                             rotated_shape, rotated_strides, rows_view, sylvester_block)
 from .fake_quant import _check_bits
 from .hadamard import next_pow2
 
@@ -89,10 +89,9 @@ def _hadamard_fake_quant_kernel(
     h = sylvester_block(N, NP)
     cols = tl.arange(0, NP)
     for blk in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):  # persistent
-        rb, rk, row_ok = row_index(blk, M, K, BLOCK_M, SPLIT_ROWS)
-        xr = rotate_rows(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
-                     NP, INV_SQRT_N, SPLIT_F32, DOT_DTYPE)
-        y, r, q = quantize(xr, lo, hi, s, z, qmax)
+        rb, rk, row_ok, xr, y, r, q = rotate_quantize_tile(
+            blk, x_ptr, M, K, C, stride_xb, stride_xk, stride_xc, h, lo, hi, s, z, qmax,
+            NP, INV_SQRT_N, SPLIT_ROWS, SPLIT_F32, DOT_DTYPE, BLOCK_M)
         offs = rb[:, None] * stride_ob + rk[:, None] * stride_ok + cols[None, :] * stride_oc
         mask = row_ok[:, None] & (cols[None, :] < N)
         val = s * q + z
@@ -129,10 +128,9 @@ def _hadamard_fake_quant_bwd_kernel(
     acc_l = tl.zeros((NP,), tl.float32)  # clip path to l
     acc_u = tl.zeros((NP,), tl.float32)  # clip path to u
     for blk in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
-        rb, rk, row_ok = row_index(blk, M, K, BLOCK_M, SPLIT_ROWS)
-        xr = rotate_rows(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
-                     NP, INV_SQRT_N, SPLIT_F32, DOT_DTYPE)
-        y, r, q = quantize(xr, lo, hi, s, z, qmax)
+        rb, rk, row_ok, xr, y, r, q = rotate_quantize_tile(
+            blk, x_ptr, M, K, C, stride_xb, stride_xk, stride_xc, h, lo, hi, s, z, qmax,
+            NP, INV_SQRT_N, SPLIT_ROWS, SPLIT_F32, DOT_DTYPE, BLOCK_M)
         g_offs = rb[:, None] * stride_gb + rk[:, None] * stride_gk + cols[None, :] * stride_gc
         g = tl.load(grad_out_ptr + g_offs, mask=row_ok[:, None] & (cols[None, :] < N), other=0.0)
         gf = g.to(tl.float32)

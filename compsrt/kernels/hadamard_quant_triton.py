@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._triton_common import (FLOAT_DTYPES, code_of, dot_dtype, quantize, rotate_rows, rotated_shape, rotated_strides,
-                             row_index, row_tile_config, rows_view, sylvester_block)
+from ._triton_common import (FLOAT_DTYPES, code_of, dot_dtype, rotate_quantize_tile, rotated_shape, rotated_strides,
+                             row_tile_config, rows_view, sylvester_block)
 from .hadamard import next_pow2
 
 MAX_N = 128  # largest padded size the launcher takes
@@ -53,10 +53,9 @@ def _hadamard_quant_kernel(
     h = sylvester_block(N, NP)
     cols = tl.arange(0, NP)
     for blk in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):  # persistent
-        rb, rk, row_ok = row_index(blk, M, K, BLOCK_M, SPLIT_ROWS)
-        xr = rotate_rows(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
-                         NP, INV_SQRT_N, SPLIT_F32, DOT_DTYPE)
-        _, _, q = quantize(xr, lo, hi, s, z, qmax)
+        rb, rk, row_ok, xr, _, _, q = rotate_quantize_tile(
+            blk, x_ptr, M, K, C, stride_xb, stride_xk, stride_xc, h, lo, hi, s, z, qmax,
+            NP, INV_SQRT_N, SPLIT_ROWS, SPLIT_F32, DOT_DTYPE, BLOCK_M)
         code = code_of(q)
         if KEEP_DC:
             code = tl.where(cols[None, :] == 0, 0.0, code)

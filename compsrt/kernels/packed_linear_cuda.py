@@ -16,11 +16,8 @@ import argparse
 import ctypes
 import functools
 import hashlib
-import os
 import shutil
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -28,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CompsrtError
+from ._native import build_library, find_source_dir, load_existing
 
 LIB_NAME = "libcompsrt_csrc.so"
 SOURCES = ("packed_linear.cu",)           # compiled into the one library, in this order
@@ -50,12 +48,7 @@ def source_dir() -> Path:
     Raises:
         CompsrtError: neither holds the sources (a broken install).
     """
-    here = Path(__file__).resolve()
-    for folder in (here.parents[2] / "csrc", here.parents[1] / "_csrc"):
-        if all((folder / s).is_file() for s in SOURCES):
-            return folder
-    raise CompsrtError(f"CUDA sources {SOURCES} not found in {here.parents[2] / 'csrc'} or "
-                       f"{here.parents[1] / '_csrc'}: reinstall compsrt (pip install .) from a full checkout")
+    return find_source_dir(SOURCES, f"CUDA sources {SOURCES}")
 
 
 def _check_arches(arches: Sequence[str]) -> tuple[str, ...]:
@@ -122,18 +115,7 @@ def compile_library(arches: Sequence[str] = DEFAULT_ARCHES, out_dir: Optional[Pa
         raise CompsrtError(_NO_NVCC)
     src = source_dir()
     out = Path(out_dir) if out_dir is not None else cache_dir(arches)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / LIB_NAME
-    tmp = out / f".{LIB_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    cmd = [nvcc, *nvcc_flags(arches), *(str(src / s) for s in SOURCES), "-o", str(tmp)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"nvcc failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return build_library([nvcc, *nvcc_flags(arches), *(str(src / s) for s in SOURCES)], out, LIB_NAME, "nvcc")
 
 
 def device_arches(device: Optional[torch.device] = None) -> tuple[str, ...]:
@@ -161,13 +143,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
 @functools.lru_cache(maxsize=None)
 def _library_for(arches: tuple[str, ...]) -> ctypes.CDLL:
     key = library_key(arches)
-    unloadable = []  # e.g. a prebuilt library from a machine with a newer glibc
-    for folder in (source_dir() / "build" / key, cache_dir(arches)):
-        if (folder / LIB_NAME).is_file():
-            try:
-                return _bind(ctypes.CDLL(str(folder / LIB_NAME)))
-            except OSError as e:
-                unloadable.append(f"{folder / LIB_NAME}: {e}")
+    lib, unloadable = load_existing((source_dir() / "build" / key, cache_dir(arches)), LIB_NAME, _bind)
+    if lib is not None:
+        return lib
     try:
         path = compile_library(arches)
     except CompsrtError as e:

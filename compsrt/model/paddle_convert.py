@@ -15,7 +15,6 @@ check the parameter count and a strict load, and write fp32 safetensors with pro
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import pickle
 import sys
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CompsrtError
+from ..state import file_sha256
 from .mambairv2 import MambaIRv2Config, MambaIRv2Light, infer_mambairv2_config
 from .swinir import relative_position_index
 from .weights import load_into, save_state_dict
@@ -57,14 +57,6 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays are allowed")
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_pdparams(path: Path) -> dict[str, np.ndarray]:
@@ -127,7 +119,7 @@ def convert_file(src: Path, dst: Path, check_sha: bool = True) -> MambaIRv2Light
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise CompsrtError(f"{src}: no such file")
-    digest = sha256_of(src)
+    digest = file_sha256(src)
     if check_sha and digest not in KNOWN_SHA256:
         raise CompsrtError(f"{src}: sha256 {digest} is not one of the official MambaIRv2-light files "
                            "(their sums are listed in docs/mambairv2.md); pass --any-sha to convert it anyway")

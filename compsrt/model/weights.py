@@ -82,8 +82,11 @@ def infer_swinir_config(sd: dict[str, Tensor], source: str = "weights") -> SwinI
         i += 1
     if not depths:
         raise CompsrtError(f"{source}: no layers.* tensors: not SwinIR-light weights")
-    return SwinIRConfig(scale=scale, in_chans=in_ch, embed_dim=sd["conv_first.weight"].shape[0],
-                        depths=tuple(depths), num_heads=tuple(heads))
+    try:
+        return SwinIRConfig(scale=scale, in_chans=in_ch, embed_dim=sd["conv_first.weight"].shape[0],
+                            depths=tuple(depths), num_heads=tuple(heads))
+    except ValueError as e:
+        raise CompsrtError(f"{source}: not SwinIR-light weights this package runs ({e})") from None
 
 
 def load_into(model: torch.nn.Module, sd: dict[str, Tensor], source: str) -> None:

@@ -97,6 +97,21 @@ def overriding(target: nn.Module | Iterable[Quantizer], fn: QuantOverride | None
             q.override = old
 
 
+def site_inputs(model: nn.Module, x: Tensor) -> dict[str, tuple]:
+    """The positional inputs of every QuantLinear and QuantAttend of ``model`` when it runs on
+    ``x`` (without grad), by module name (forward hooks, removed afterwards)."""
+    seen: dict[str, tuple] = {}
+    hooks = [mod.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, args))
+             for name, mod in model.named_modules() if isinstance(mod, (QuantLinear, QuantAttend))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
 def quant_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for q in quantizers(model) for p in (q.lower, q.upper, q.step_extra, q.zero_extra) if p.requires_grad]
 

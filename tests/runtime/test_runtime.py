@@ -8,8 +8,9 @@ import compsrt.kernels.packed_linear as packed_linear_mod
 import compsrt.kernels.window_attention_int as attention_mod
 from compsrt.kernels import cpu_kernels
 from compsrt.config import QuantConfig
+from compsrt.quant.compress import site_inputs
 from compsrt.quant.pack import pack_model, read_packed, save_packed
-from compsrt.quant.qmodules import QuantAttend, QuantLinear
+from compsrt.quant.qmodules import QuantLinear
 from compsrt.runtime import PackedAttend, PackedLinear, build_runtime, load_packed
 
 CONFIGS = [QuantConfig(bits=4), QuantConfig(bits=2), QuantConfig(bits=3, prune=0.4),
@@ -25,18 +26,6 @@ def _pair(make_calibrated, cfg, tmp_path):
     return m, load_packed(tmp_path / "p.safetensors")
 
 
-def _inputs(model, x):
-    """Inputs of every quantized site of ``model`` for input ``x`` (forward hooks)."""
-    seen = {}
-    hooks = [mod.register_forward_hook(lambda mod, a, out, n=n: seen.__setitem__(n, a))
-             for n, mod in model.named_modules() if isinstance(mod, (QuantLinear, QuantAttend))]
-    with torch.no_grad():
-        model(x)
-    for hk in hooks:
-        hk.remove()
-    return seen
-
-
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_each_site_matches_the_fake_quant_one_on_the_same_input(make_calibrated, cfg, tmp_path):
     """Given identical inputs, a runtime layer gives the calibration model's output: the same codes,
@@ -44,7 +33,7 @@ def test_each_site_matches_the_fake_quant_one_on_the_same_input(make_calibrated,
     fake, rt = _pair(make_calibrated, cfg, tmp_path)
     x = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(3))
     rows_off = rows = 0
-    for name, args in _inputs(fake, x).items():
+    for name, args in site_inputs(fake, x).items():
         with torch.no_grad():
             want = fake.get_submodule(name)(*args)
             got = rt.get_submodule(name)(*args)
