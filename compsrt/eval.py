@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CompsrtError, OSError) as e:
         print(f"compsrt.eval: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("compsrt.eval: interrupted; nothing written", file=sys.stderr)
+        return 130
     label = a.model or (a.weights.name if a.weights else f"bundled {a.arch} x{a.scale}")
     print(markdown_table(results, label))
     out = a.json or Path(f"eval_{a.model or (a.weights.stem if a.weights else a.arch)}_x{a.scale}.json")

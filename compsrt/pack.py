@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CompsrtError, OSError) as e:
         print(f"compsrt.pack: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("compsrt.pack: interrupted; nothing written", file=sys.stderr)
+        return 130
     print(f"{a.out}: {a.out.stat().st_size:,} bytes ({a.calibrated.stat().st_size:,} calibrated)")
     return 0
 

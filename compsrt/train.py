@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CompsrtError, ValueError) as e:
         print(f"compsrt.train: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"compsrt.train: interrupted; --resume continues from the last checkpoint in {a.out}", file=sys.stderr)
+        return 130
     print(f"best validation PSNR {best:.3f} dB; weights in {a.out / 'best.safetensors'}")
     return 0
 

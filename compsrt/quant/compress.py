@@ -165,6 +165,9 @@ def load_calibrated(path: Path, scale: int | None = None) -> SwinIRLight:
         raise CompsrtError(f"{path}: this is an x{cfg.scale} checkpoint but --scale {scale} was asked; "
                            f"use --scale {cfg.scale}")
     sd = load_file(str(path))
+    bad = next((k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CompsrtError(f"{path}: tensor {bad} holds NaN or Inf; the checkpoint is damaged")
     model = compress_(SwinIRLight(cfg), h["quant"])
     for name, m in model.named_modules():
         if isinstance(m, WeightQuantizer):

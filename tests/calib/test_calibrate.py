@@ -607,3 +607,21 @@ def test_calib_cli_ctrl_c_is_one_line_naming_resume(fp_model, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert rc == 130 and err.count("\n") == 1 and "iteration 7" in err and "--resume" in err
     assert not (tmp_path / "c" / "model.safetensors").exists()
+
+
+def test_non_finite_calibrated_checkpoint_is_refused(fp_model, batch, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from compsrt.errors import CompsrtError
+    from compsrt.load import load_model
+
+    ckpt = tmp_path / "model.safetensors"
+    save_calibrated(quantized(fp_model, QuantConfig(bits=4), batch), ckpt)
+    with safe_open(str(ckpt), "pt") as f:
+        meta = f.metadata()
+    sd = load_file(str(ckpt))
+    sd["conv_first.weight"][0, 0, 0, 0] = float("inf")
+    save_file(sd, str(tmp_path / "inf.safetensors"), metadata=meta)
+    with pytest.raises(CompsrtError, match="NaN or Inf"):
+        load_model(tmp_path / "inf.safetensors", 2)
