@@ -18,7 +18,7 @@ from .errors import CompsrtError
 from .io import MAX_PIXELS, SUPPORTED_SUFFIXES, check_image_path, load_image, save_image
 from .infer import (AUTO_OVERLAP, GIB, auto_tile, available_bytes, bytes_per_pixel, estimate_bytes, is_out_of_memory,
                     upscale)
-from .load import ARCHS, bundled_model, bundled_models, default_infer_model, load_model
+from .load import ARCHS, bundled_model, bundled_models, checkpoint_kind, default_infer_model, load_model
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,8 +89,6 @@ def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
 
 def list_models() -> str:
     """One line per bundled model: name, bytes, and what it is."""
-    from .load import checkpoint_kind
-
     lines = []
     for name, path in bundled_models().items():
         kind = checkpoint_kind(path)

@@ -401,19 +401,24 @@ def test_overlap_must_be_below_tile(model_x2):
         upscale_tensor(model_x2, torch.rand(1, 3, 20, 20), 2, tile=8, overlap=8)
 
 
+def _cli_peak_rss(argv: list, timeout: int) -> tuple[subprocess.CompletedProcess, int]:
+    """compsrt-infer in a fresh process: (its completed process, asserted exit 0; its peak RSS in KiB)."""
+    code = ("import resource, sys; from compsrt.cli import main; "
+            "rc = main(sys.argv[1:]); "
+            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, int(proc.stderr.split("maxrss_kb")[1].split()[0])
+
+
 @pytest.mark.slow
 def test_large_image_tiled_peak_rss_under_4gb(tmp_path, make_rgb, default_weights_x2):
     src = tmp_path / "big.png"
     PILImage.fromarray(make_rgb(2000, 3000, seed=9)).save(src)
     dst = tmp_path / "big_x2.png"
-    code = ("import resource, sys; from compsrt.cli import main; "
-            "rc = main(sys.argv[1:]); "
-            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, str(src), str(dst), "--scale", "2", "--tile", "256",
-                           "--weights", str(default_weights_x2), "--quiet"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rss_kb = int(proc.stderr.split("maxrss_kb")[1].split()[0])
+    proc, rss_kb = _cli_peak_rss([src, dst, "--scale", "2", "--tile", "256", "--weights", default_weights_x2,
+                                  "--quiet"], timeout=3600)
     print(f"peak RSS {rss_kb / 2 ** 20:.2f} GiB")
     assert rss_kb < 4 * 2 ** 20
     with PILImage.open(dst) as im:
@@ -732,14 +737,8 @@ def test_3000x2000_photo_without_options_within_8gb(tmp_path, make_rgb):
     src = tmp_path / "photo.png"
     PILImage.fromarray(make_rgb(2000, 3000, seed=9)).save(src)
     dst = tmp_path / "photo_x2.png"
-    code = ("import resource, sys; from compsrt.cli import main; "
-            "rc = main(sys.argv[1:]); "
-            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, str(src), str(dst), "--quiet"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=3 * 3600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc, rss_kb = _cli_peak_rss([src, dst, "--quiet"], timeout=3 * 3600)
     assert "tiling in" in proc.stderr and "Traceback" not in proc.stderr
-    rss_kb = int(proc.stderr.split("maxrss_kb")[1].split()[0])
     print(f"3000x2000 without options: peak RSS {rss_kb / 2 ** 20:.2f} GiB; {proc.stderr.splitlines()[0]}")
     assert rss_kb < 8 * 2 ** 20
     with PILImage.open(dst) as im:

@@ -26,8 +26,9 @@ from ..device import parse_device
 from ..errors import CompsrtError
 from ..io import atomic_path
 from ..quant.compress import save_calibrated
+from ..quant.pack import pack_model, save_packed
 from ..load import load_model
-from ..pack import pack_file, source_sha256
+from ..pack import source_sha256
 from .calibrate import CalibrationInterrupted, calibrate
 from .methods import METHODS, method_config
 
@@ -177,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         save_calibrated(model.cpu(), a.out / "calibrated.safetensors", provenance=prov)
         report = {"config": config, "wall_seconds": wall, "calibration": asdict(rep)}
         if quant.bits in (2, 3, 4) and quant.rotation != "official":
-            pack_file(a.out / "calibrated.safetensors", a.out / "model.safetensors", command=command)
+            # packed from the model in memory (what python -m compsrt.pack would make of the file above)
+            tensors, header = pack_model(model, "fp16", prov, identity["weights_sha256"], command)
+            save_packed(tensors, header, a.out / "model.safetensors")
             report["packed_bytes"] = (a.out / "model.safetensors").stat().st_size
         else:   # 8 bits and the official rotate-back mode are fake-quant studies: nothing to pack
             save_calibrated(model, a.out / "model.safetensors", provenance=prov)

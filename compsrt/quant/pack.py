@@ -38,6 +38,7 @@ from ..config import QuantConfig, SwinIRConfig
 from ..errors import CompsrtError
 from ..kernels.bitpack import pack_flat, unpack_flat
 from ..kernels.fake_quant import fake_quant_ref
+from ..kernels.hadamard import next_pow2
 from ..model.swinir import SwinIRLight
 from .plan import QuantPlan, plan_for
 from .qmodules import Quantizer, QuantAttend, QuantLinear
@@ -72,12 +73,9 @@ def _quantizer_params(q: Quantizer) -> Tensor:
 
 def layer_grids(model: nn.Module, plan: QuantPlan, cfg: QuantConfig) -> list[LayerGrid]:
     """The coefficient grid of every Linear site, from the FP (or fake-quant) model's shapes."""
-    from ..kernels.hadamard import next_pow2
-
     grids = []
     for site in plan.linears:
-        m = model.get_submodule(site.path)
-        out_f, in_f = m.weight.shape if hasattr(m, "weight") and m.weight is not None else (m.out_features, m.in_features)
+        out_f, in_f = model.get_submodule(site.path).weight.shape
         n = in_f if cfg.rotation == "none" else next_pow2(in_f)
         grids.append(LayerGrid(site.path, site.splits, out_f, n, int(cfg.exact_dc and cfg.rotation == "deploy")))
     return grids
@@ -125,7 +123,9 @@ def pack_model(model: SwinIRLight, fp_dtype: str = "fp16", provenance: dict | No
     if dcs:
         tensors["quant.dc"] = torch.cat(dcs).to(dt).contiguous()
     sd = model.state_dict()
-    tensors["fp.values"] = torch.cat([sd[k].detach().cpu().reshape(-1).to(dt) for k in fp_layout(model.cfg, cfg)])
+    skeleton, _, grids = skeleton_and_grids(model.cfg, cfg)   # the FP names, in the FP order
+    layout = fp_layout(skeleton, grids)
+    tensors["fp.values"] = torch.cat([sd[k].detach().cpu().reshape(-1).to(dt) for k in layout])
     prov = provenance or getattr(model, "provenance", {}) or {}
     header = {"format": FORMAT, "version": VERSION, "arch": plan.arch, "plan_version": plan.version,
               "swinir": asdict(model.cfg), "quant": asdict(cfg), "bits": cfg.bits,
@@ -135,11 +135,17 @@ def pack_model(model: SwinIRLight, fp_dtype: str = "fp16", provenance: dict | No
     return tensors, header
 
 
-def fp_layout(scfg: SwinIRConfig, qcfg: QuantConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of the FP tensors stored in ``fp.values``, in their order."""
-    with torch.device("meta"):   # shapes only: nothing allocated
+def skeleton_and_grids(scfg: SwinIRConfig, qcfg: QuantConfig) -> tuple[SwinIRLight, QuantPlan, list[LayerGrid]]:
+    """The FP model of ``scfg`` on the meta device (shapes only: nothing allocated), its plan and grids."""
+    with torch.device("meta"):
         skeleton = SwinIRLight(scfg)
-    quantized = {f"{g.path}.weight" for g in layer_grids(skeleton, plan_for(skeleton), qcfg)}
+    plan = plan_for(skeleton)
+    return skeleton, plan, layer_grids(skeleton, plan, qcfg)
+
+
+def fp_layout(skeleton: SwinIRLight, grids: list[LayerGrid]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the FP tensors stored in ``fp.values``, in their order."""
+    quantized = {f"{g.path}.weight" for g in grids}
     return {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if k not in quantized}
 
 
@@ -256,12 +262,9 @@ def read_packed(path: Path) -> PackedModel:
     fp_dt = FP_DTYPES.get(h.get("fp_dtype"))
     if fp_dt is None:
         raise _bad(path, f"fp_dtype {h.get('fp_dtype')!r} unknown")
-    with torch.device("meta"):   # shapes only: nothing allocated
-        skeleton = SwinIRLight(scfg)
-    plan = plan_for(skeleton)
-    grids = layer_grids(skeleton, plan, qcfg)
+    skeleton, plan, grids = skeleton_and_grids(scfg, qcfg)
     n_q = sum(2 * g.splits for g in grids) + 4 * len(plan.attentions)
-    layout = fp_layout(scfg, qcfg)
+    layout = fp_layout(skeleton, grids)
     n_fp = sum(math.prod(s) for s in layout.values())
     expect = {"quant.qparams": (torch.float32, (n_q, 4)), "fp.values": (fp_dt, (n_fp,))}
     pruned = qcfg.prune > 0

@@ -586,6 +586,10 @@ def test_calib_cli_writes_a_packed_model_that_the_runtime_runs(fp_model, tmp_pat
     h = read_packed(out / "model.safetensors").header
     assert h["command"].startswith("python -m compsrt.calib --scale 2") and h["method"] == "compsrt"
     assert h["pruning"] == {"fraction": 0.4, "mode": "unstructured"} and len(h["source_sha256"]) == 64
+    from compsrt.pack import pack_file   # packed in memory = what python -m compsrt.pack makes of the file
+
+    pack_file(out / "calibrated.safetensors", tmp_path / "repacked.safetensors")
+    assert (tmp_path / "repacked.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
     src = tmp_path / "in.png"
     Image.fromarray(smooth_images(1, 40, 9)[0].lr).save(src)
     assert infer([str(src), str(tmp_path / "o.png"), "--weights", str(out / "model.safetensors"), "--quiet"]) == 0

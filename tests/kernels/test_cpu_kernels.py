@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from compsrt.kernels import cpu_kernels as ck
-from compsrt.kernels.hadamard import hadamard_ref, next_pow2
+from compsrt.kernels.hadamard import next_pow2
 from compsrt.kernels.hadamard_quant import hadamard_quant_ref, quantize_ref
 from compsrt.kernels.packed_linear import linear_epilogue_ref, linear_int8
 from compsrt.kernels.window_attention_int import window_attention_int_ref
+from tie_tolerance import near_tie  # tests/kernels/tie_tolerance.py
 
 pytestmark = pytest.mark.skipif(ck.find_gxx() is None, reason="g++ not installed: no fused CPU kernels to test")
 
@@ -35,18 +36,6 @@ def _library():
 def _qp(bits, lower=-2.0, upper=2.5, zero_frac=0.3):
     s = (upper - lower) / (2 ** bits - 1)
     return torch.tensor([lower, upper, s, lower + zero_frac * s])
-
-
-def _near_tie(x, qp, rotate):
-    """Where two fp32 evaluations of the rotation may round y = (r - z) / s to either side of a
-    tie: within the fp32 summation error bound (n 2^-24 sum|x| / sqrt(n), twice) of it."""
-    r = hadamard_ref(x.double(), -1) if rotate else x.double()
-    n = r.shape[-1]
-    lo, hi, s, z = qp.double().tolist()
-    y = (r.clamp(lo, hi) - z) / s
-    l1 = x.double().abs().sum(-1, keepdim=True) / n ** 0.5
-    tol = 2 * n * 2.0 ** -24 * l1 / s + 2.0 ** -19
-    return ((y - y.floor()) - 0.5).abs() <= tol
 
 
 def _ref_codes(x, qp, bits, keep_dc, rotate, k_store):
@@ -71,7 +60,7 @@ def _check_codes(x, qp, bits, keep_dc, rotate, codes, dc):
     elif moved.any():
         assert (codes.int() - want.int()).abs().max() <= 1
         assert moved.sum() <= max(1, 1e-4 * moved.numel()), f"{int(moved.sum())} of {moved.numel()} codes moved"
-        assert _near_tie(x, qp, rotate)[moved[:, :n]].all(), "a code moved away from a rounding tie"
+        assert near_tie(x, qp, -1, rotate)[moved[:, :n]].all(), "a code moved away from a rounding tie"
     if keep_dc:
         scale = x.abs().amax().item() * n ** 0.5
         torch.testing.assert_close(dc, dc_r, atol=1e-6 * scale, rtol=0)

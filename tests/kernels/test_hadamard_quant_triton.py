@@ -11,9 +11,10 @@ import torch
 pytest.importorskip("triton")
 
 from compsrt.kernels import hadamard_quant_triton as hq  # noqa: E402  (after the env is set)
-from compsrt.kernels.hadamard import hadamard_matrix, hadamard_ref, next_pow2  # noqa: E402
+from compsrt.kernels.hadamard import hadamard_matrix, next_pow2  # noqa: E402
 from compsrt.kernels.hadamard_fake_quant_triton import hadamard_fake_quant_triton  # noqa: E402
 from compsrt.kernels.hadamard_quant import hadamard_quant, hadamard_quant_ref, quant_params  # noqa: E402
+from tie_tolerance import near_tie  # noqa: E402  (tests/kernels/tie_tolerance.py)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -29,19 +30,6 @@ def _qp(bits, lower=-2.0, upper=2.5, zero_frac=0.3, device="cpu"):
     return torch.tensor([lower, upper, s, lower + zero_frac * s], device=device)
 
 
-def _near_tie(t, qp, dim):
-    """Where the exact (fp64) rotation of t scales to a value that two fp32 rotations may round to
-    either side of a rounding tie: within n 2^-24 sum|t| / sqrt(n) of it (the fp32 summation error
-    bound, twice: ours and the ref's), plus y's own rounding."""
-    r = hadamard_ref(t.double(), dim)
-    n = r.shape[dim]
-    lo, hi, s, z = qp.double().tolist()
-    y = (r.clamp(lo, hi) - z) / s
-    l1 = t.double().abs().nan_to_num(0.0, 0.0, 0.0).sum(dim, keepdim=True) / n ** 0.5
-    tol = 2 * n * 2.0 ** -24 * l1 / s + 2.0 ** -19
-    return ((y - y.floor()) - 0.5).abs() <= tol
-
-
 def assert_matches_ref(x, qp, bits, dim=-1, keep_dc=False):
     codes, dc = hq.hadamard_quant_triton(x, qp, bits, dim, keep_dc)
     codes_r, dc_r = hadamard_quant_ref(x, qp, bits, dim, keep_dc)
@@ -50,7 +38,7 @@ def assert_matches_ref(x, qp, bits, dim=-1, keep_dc=False):
     if moved.any():
         assert (codes.int() - codes_r.int()).abs().max() <= 1
         assert moved.sum() <= max(1, 1e-3 * moved.numel()), f"{moved.sum()} codes moved"
-        assert _near_tie(x, qp, dim)[moved].all(), "a code moved away from a rounding tie"
+        assert near_tie(x, qp, dim)[moved].all(), "a code moved away from a rounding tie"
     if not keep_dc:
         assert dc is None and dc_r is None
     else:

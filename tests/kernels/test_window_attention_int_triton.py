@@ -17,6 +17,7 @@ from compsrt.kernels.hadamard import hadamard_ref  # noqa: E402
 from compsrt.kernels.hadamard_quant import hadamard_quant_ref  # noqa: E402
 from compsrt.kernels.packed_linear import int_bmm  # noqa: E402
 from compsrt.kernels.window_attention_int import window_attention_int, window_attention_int_ref  # noqa: E402
+from tie_tolerance import near_tie  # noqa: E402  (tests/kernels/tie_tolerance.py)
 
 
 def _randn(shape, seed, std=1.0):
@@ -49,19 +50,6 @@ def _qp(q, k, v, bias, scale, bits, keep_dc):
     return torch.tensor(rows, device=q.device)
 
 
-def _near_tie(t, qp, dim):
-    """Where the exact (fp64) rotation of t scales to a value that two fp32 rotations may round to
-    either side of a rounding tie: within n 2^-24 sum|t| / sqrt(n) of it (the fp32 summation error
-    bound, twice: ours and the ref's), plus y's own rounding."""
-    r = hadamard_ref(t.double(), dim)
-    n = r.shape[dim]
-    lo, hi, s, z = qp.double().tolist()
-    y = (r.clamp(lo, hi) - z) / s
-    l1 = t.double().abs().nan_to_num(0.0, 0.0, 0.0).sum(dim, keepdim=True) / n ** 0.5
-    tol = 2 * n * 2.0 ** -24 * l1 / s + 2.0 ** -19
-    return ((y - y.floor()) - 0.5).abs() <= tol
-
-
 def assert_matches_ref(q, k, v, bias, bits, keep_dc, qp=None):
     lead, n_tok, d = q.shape[:-2], q.shape[-2], q.shape[-1]
     scale = d ** -0.5
@@ -78,8 +66,8 @@ def assert_matches_ref(q, k, v, bias, bits, keep_dc, qp=None):
     cq, _ = hadamard_quant_ref(qs, qp[0], bits, -1, keep_dc)
     ck, _ = hadamard_quant_ref(k, qp[1], bits, -1, keep_dc)
     acc_r = int_bmm(cq, ck.transpose(-2, -1), qmax, qmax)
-    tie_q = _near_tie(qs, qp[0], -1).any(-1)
-    tie_k = _near_tie(k, qp[1], -1).any(-1)
+    tie_q = near_tie(qs, qp[0], -1).any(-1)
+    tie_k = near_tie(k, qp[1], -1).any(-1)
     clean = ~(tie_q[..., :, None] | tie_k[..., None, :])
     assert clean.float().mean() >= 0.95                 # one near-tie row hides 1/N of a window
     assert acc[clean].equal(acc_r[clean])
