@@ -101,6 +101,15 @@ class QuantConfig:
         sum along the contraction axis) in FP and quantize the other n - 1: a shared offset,
         which the rotation concentrates there, no longer sets the quantization range. The
         products stay exact (a rank-1 FP term is added); False quantizes all n coefficients.
+        Only meaningful with rotation="deploy" (ignored otherwise; the calibration CLI refuses
+        ``--exact-dc`` / ``--no-exact-dc`` elsewhere).
+    row_mean: the unrotated counterpart of exact_dc (rotation="none" only): every operand row
+        along the contraction axis is split as ``r = mean(r) 1^T + c``; the mean stays FP and
+        the centred rest c is quantized (its bound search sees c): ``r_hat = mean(r) + Q(c)``.
+        With pruning the mask covers c (a pruned coefficient dequantizes to its row's mean).
+    layers: which layer set of the architecture's plan is quantized (compsrt/quant/plan.py,
+        LAYER_SETS): "" is the architecture's default (SwinIR-light: "full", its only set;
+        MambaIRv2-light: "official").
     """
 
     bits: int = 4
@@ -112,6 +121,8 @@ class QuantConfig:
     prune: float = 0.0
     prune_mode: str = "unstructured"
     exact_dc: bool = True
+    row_mean: bool = False
+    layers: str = ""
 
     def __post_init__(self) -> None:
         if self.bits not in (2, 3, 4, 8):
@@ -124,6 +135,11 @@ class QuantConfig:
             raise ValueError(f"prune must be in [0, 1), got {self.prune}")
         if self.prune_mode not in ("unstructured", "channel"):
             raise ValueError(f"prune_mode must be 'unstructured' or 'channel', got {self.prune_mode!r}")
+        if self.layers not in ("", "official", "full"):
+            raise ValueError(f"layers must be 'official' or 'full', got {self.layers!r}")
+        if self.row_mean and self.rotation != "none":
+            raise ValueError(f"row_mean (an FP mean per operand row) needs rotation 'none', got {self.rotation!r}; "
+                             "with rotation 'deploy' the exact DC (exact_dc) keeps that offset")
         if not (self.decompose or self.train_bounds):
             raise ValueError("nothing to train: decompose=False and train_bounds=False")
 

@@ -79,19 +79,71 @@ def load_model(weights: Path | None, scale: int, arch: str = "swinir-light",
     path = Path(weights) if weights is not None else bundled_weights(scale, arch)
     if not path.is_file():
         raise CompsrtError(f"{path}: weights file not found")
-    if arch == "mambairv2-light":
+    kind = checkpoint_kind(path)
+    if kind == "fp" and arch == "mambairv2-light":
         from .model.mambairv2 import load_mambairv2
 
         return load_mambairv2(path, scale).eval().to(device)
-    kind = checkpoint_kind(path)
     if kind == "fp":
         return load_swinir(path, scale).to(device)
     if kind == "compsrt-packed":
         from .runtime import load_packed
 
-        return load_packed(path, scale, device)
+        return load_packed(path, scale, device, arch=arch)
     if kind == "compsrt-calibrated":
         from .quant.compress import load_calibrated
 
-        return load_calibrated(path, scale).eval().to(device)
+        return load_calibrated(path, scale, arch=arch).eval().to(device)
     raise CompsrtError(f"{path}: unknown checkpoint format {kind!r}; is this compsrt version too old?")
+
+
+def describe_weights(path: Path) -> tuple[str, int]:
+    """(arch, scale) of a weights file, read without building the model.
+
+    FP files (official ``.pth`` or safetensors) are described from their tensors' names and
+    shapes (safetensors: the shapes alone, no data read; the same inference as the loaders);
+    packed and calibrated checkpoints from their JSON header: ``"arch"`` and the model config
+    under ``"model"`` (``"swinir"`` in files written before MambaIRv2-light could be quantized).
+
+    Raises:
+        CompsrtError: a missing, unreadable or malformed file, or weights of no known architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CompsrtError(f"{path}: weights file not found")
+    kind = checkpoint_kind(path)
+    if kind == "fp":
+        return _describe_fp(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:   # checkpoint_kind has just read this header
+        header = json.loads(f.metadata()["compsrt"])
+    cfg = header.get("model", header.get("swinir"))   # a dict: checkpoint_kind read its "format"
+    arch, scale = header.get("arch"), cfg.get("scale") if isinstance(cfg, dict) else None
+    if arch not in ARCHS:
+        raise CompsrtError(f"{path}: a {kind} file of architecture {arch!r}, not one of {', '.join(ARCHS)}; "
+                           "is this compsrt version too old?")
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale not in (2, 3, 4):
+        raise CompsrtError(f"{path}: malformed compsrt header (model scale {scale!r}, not 2, 3 or 4); "
+                           "the file is damaged or not ours")
+    return arch, scale
+
+
+def _describe_fp(path: Path) -> tuple[str, int]:
+    """(arch, scale) of FP weights from their tensors; safetensors as shapes only (meta tensors)."""
+    from .model.mambairv2 import infer_mambairv2_config
+    from .model.weights import infer_swinir_config, read_state_dict
+
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                sd = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        except Exception as e:   # safetensors raises its own error types for every malformed byte
+            raise CompsrtError(f"{path}: cannot read weights ({str(e).splitlines()[0][:160]})") from None
+    else:
+        sd = read_state_dict(path)
+    if any(".assm." in k for k in sd):
+        return "mambairv2-light", infer_mambairv2_config(sd, str(path)).scale
+    return "swinir-light", infer_swinir_config(sd, str(path)).scale

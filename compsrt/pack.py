@@ -10,17 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli_errors import run_cli
 from .errors import CompsrtError
 from .state import file_sha256
 from .quant.pack import FP_DTYPES, pack_model, save_packed
 
 
-def source_sha256(weights: str, scale: int) -> str:
+def source_sha256(weights: str, scale: int, arch: str = "swinir-light") -> str:
     """sha256 of the FP weights a calibration started from, where the file can still be found."""
     from .model.weights import bundled_weights
 
     try:
-        path = bundled_weights(scale) if weights.startswith("bundled") else Path(weights)
+        path = bundled_weights(scale, arch) if weights.startswith("bundled") else Path(weights)
         return file_sha256(path) if path.is_file() else "unknown"
     except (CompsrtError, OSError):
         return "unknown"
@@ -37,7 +38,8 @@ def pack_file(src: Path, dst: Path, fp_dtype: str = "fp16", command: str = "") -
                            "of python -m compsrt.calib (calibrated.safetensors)")
     model = load_calibrated(src)
     prov = model.provenance or {}
-    tensors, header = pack_model(model, fp_dtype, prov, source_sha256(str(prov.get("weights", "")), model.cfg.scale),
+    tensors, header = pack_model(model, fp_dtype, prov, source_sha256(str(prov.get("weights", "")), model.cfg.scale,
+                                                                    prov.get("arch", "swinir-light")),
                                  command or prov.get("command", ""))
     save_packed(tensors, header, dst)
     return header
@@ -54,20 +56,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    try:
-        if not a.calibrated.is_file():
-            raise CompsrtError(f"{a.calibrated}: file not found")
-        if a.out.suffix != ".safetensors":
-            raise CompsrtError(f"{a.out}: the packed file must end in .safetensors")
-        if a.out.resolve() == a.calibrated.resolve():
-            raise CompsrtError(f"{a.out}: is the input; choose another output so the input is kept")
-        pack_file(a.calibrated, a.out, a.fp_dtype)
-    except (CompsrtError, OSError) as e:
-        print(f"compsrt.pack: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("compsrt.pack: interrupted; nothing written", file=sys.stderr)
-        return 130
+    return run_cli("compsrt.pack", lambda: _main(a), interrupted="nothing written")
+
+
+def _main(a: argparse.Namespace) -> int:
+    if not a.calibrated.is_file():
+        raise CompsrtError(f"{a.calibrated}: file not found")
+    if a.out.suffix != ".safetensors":
+        raise CompsrtError(f"{a.out}: the packed file must end in .safetensors")
+    if a.out.resolve() == a.calibrated.resolve():
+        raise CompsrtError(f"{a.out}: is the input; choose another output so the input is kept")
+    pack_file(a.calibrated, a.out, a.fp_dtype)
     print(f"{a.out}: {a.out.stat().st_size:,} bytes ({a.calibrated.stat().st_size:,} calibrated)")
     return 0
 

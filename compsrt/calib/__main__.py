@@ -1,6 +1,7 @@
-"""``python -m compsrt.calib``: FP SwinIR-light weights -> a 2/3/4-bit CompSRT checkpoint.
+"""``python -m compsrt.calib``: FP SwinIR-light or MambaIRv2-light weights -> a 2/3/4-bit CompSRT checkpoint.
 
-Quick default (CPU, minutes): ``python -m compsrt.calib --scale 2 --bits 4 --out C``.
+Quick default (CPU, minutes): ``python -m compsrt.calib --scale 2 --bits 4 --out C``
+(``--arch mambairv2-light [--layers official]`` for MambaIRv2-light).
 The paper's setting: ``--iters 4000 --batch 16`` (used automatically on a GPU unless the
 flags are given). Writes ``C/model.safetensors``, the packed checkpoint the integer runtime
 runs (``compsrt-infer --weights``, ``python -m compsrt.eval --weights``), beside
@@ -14,7 +15,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from ..errors import CompsrtError
 from ..io import atomic_path
 from ..quant.compress import save_calibrated
 from ..quant.pack import pack_model, save_packed
-from ..load import load_model
+from ..load import ARCHS, load_model
+from ..quant.plan import check_layers
 from ..pack import source_sha256
 from .calibrate import CalibrationInterrupted, calibrate
 from .methods import METHODS, method_config
@@ -54,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     d = CalibConfig()
     p = argparse.ArgumentParser(prog="python -m compsrt.calib", description=__doc__.split("\n")[0])
     p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
+    p.add_argument("--arch", choices=ARCHS, default="swinir-light")
+    p.add_argument("--layers", default="", help="the layer set quantized (compsrt/quant/plan.py): swinir-light has "
+                   "'full'; mambairv2-light 'official' (default: what the official CompSRT code quantizes)")
     p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--method", choices=list(METHODS), default="compsrt")
@@ -61,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="quantize each operand rotated, then rotate back (the official code's way)")
     p.add_argument("--rotate", choices=("both", "weights"), default="both",
                    help="'weights' rotates weights only (Figure 6); needs --official-rotation")
-    p.add_argument("--weights", type=Path, help="FP weights (default: the bundled ones of --scale)")
+    p.add_argument("--weights", type=Path, help="FP weights (default: the bundled ones of --arch and --scale)")
     p.add_argument("--data", type=Path, nargs="+", help="folders of HR training images (default: bundled crops); "
                    "never a benchmark test set")
     p.add_argument("--val-images", type=int, default=3, help="training images held out for keep-best")
@@ -78,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-loss", type=float, default=d.feature_loss, help="weight of the stage feature loss")
     p.add_argument("--prune", type=float, default=0.0, help="fraction pruned per quantized weight (e.g. 0.4)")
     p.add_argument("--prune-mode", choices=("unstructured", "channel"), default="unstructured")
+    p.add_argument("--exact-dc", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the rotated DC coefficient (scaled row sum) of every operand in FP (default on); "
+                        "only with the deployable rotation")
+    p.add_argument("--row-mean", action="store_true",
+                   help="keep each operand row's mean along the contraction axis in FP and quantize the centred "
+                        "rest (the unrotated counterpart of the exact DC); only for 2dquant, decomposition-only")
     p.add_argument("--val-every", type=int, help=f"keep-best check every K iterations (default {d.val_every}; 200 on a GPU)")
     p.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute each Swin block in backward instead of keeping its temporaries "
@@ -139,8 +150,12 @@ def write_report(out: Path, report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        quant = method_config(a.method, a.bits, a.official_rotation, a.rotate, a.prune, a.prune_mode)
+        quant = method_config(a.method, a.bits, a.official_rotation, a.rotate, a.prune, a.prune_mode,
+                              exact_dc=a.exact_dc, row_mean=a.row_mean)
+        quant = replace(quant, layers=check_layers(a.arch, a.layers))
         cfg = _calib_config(a)
+        if a.arch != "swinir-light" and cfg.feature_loss > 0:
+            raise ValueError(f"--feature-loss taps SwinIR-light's stage outputs; it is not available for {a.arch}")
     except ValueError as e:
         print(f"compsrt.calib: error: {e}", file=sys.stderr)
         return 2
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise CompsrtError(f"{d}: not a folder of training images")
         if a.eval_data is not None and not a.eval_data.is_dir():
             raise CompsrtError(f"{a.eval_data}: not a benchmark folder")
-        fp = load_model(a.weights, a.scale)
+        fp = load_model(a.weights, a.scale, arch=a.arch)
         pairs = [p for p in load_training_pairs(list(data), a.scale, progress=not a.quiet)
                  if min(p.lr.shape[:2]) >= cfg.patch]
         if len(pairs) <= a.val_images:
@@ -164,14 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         train, val = split_holdout(pairs, a.val_images)
         a.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        identity = {"method": a.method, "scale": a.scale, "val_images": a.val_images,
-                    "weights_sha256": source_sha256(str(a.weights) if a.weights else "bundled", a.scale),
+        identity = {"method": a.method, "arch": a.arch, "scale": a.scale, "val_images": a.val_images,
+                    "weights_sha256": source_sha256(str(a.weights) if a.weights else "bundled", a.scale, a.arch),
                     "data_sha256": _data_identity(data)}
         model, rep = calibrate(fp, train, val, quant, cfg, state, a.resume, not a.quiet, device, identity=identity,
                                minutes=a.minutes)
         wall = time.perf_counter() - t0
-        weights_name = str(a.weights) if a.weights else f"bundled swinir_light_x{a.scale}"
-        config = {"method": a.method, "scale": a.scale, "weights": weights_name, "data": [str(d) for d in data],
+        weights_name = str(a.weights) if a.weights else f"bundled {a.arch.replace('-', '_')}_x{a.scale}"
+        config = {"method": a.method, "arch": a.arch, "layers": quant.layers, "scale": a.scale, "weights": weights_name, "data": [str(d) for d in data],
                   "device": str(device), "quant": asdict(quant), "calib": rep.calib}
         command = "python -m compsrt.calib " + " ".join(sys.argv[1:] if argv is None else argv)
         prov = {**config, "iters_done": rep.iters_done, "command": command}
@@ -187,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.eval_data is not None:
             from ..eval import evaluate
 
-            packed = load_model(a.out / "model.safetensors", a.scale, device=device)
+            packed = load_model(a.out / "model.safetensors", a.scale, arch=a.arch, device=device)
             q = evaluate(packed, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet)
             f = evaluate(fp, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet)
             report["eval"] = {n: {"psnr_db": q[n]["psnr_db"], "ssim": q[n]["ssim"], "fp_psnr_db": f[n]["psnr_db"],

@@ -46,7 +46,7 @@ from ..quant.qmodules import quantizers
 from ..schedule import cosine
 from ..state import read_state, write_state
 from .dobi import dobi
-from .graphed_step import CudaGraph, Graph, GraphedStep, graph_unsupported
+from .graphed_step import CudaGraph, Graph, GraphedStep, graph_unsupported, routing_rng
 from .scalar_adam import ScalarAdam
 from .step import StageTaps, finetune_step_
 
@@ -306,7 +306,7 @@ def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantC
     taps = (StageTaps(student), StageTaps(teacher)) if cfg.feature_loss > 0 else None
     qs, params = quantizers(student), opt.params
     last_good = [p.detach().clone() for p in params]
-    why_eager = graph_unsupported(cfg, device.type == "cuda" or graph is not None)
+    why_eager = graph_unsupported(cfg, device.type == "cuda" or graph is not None, routing_rng(student))
     report.step_mode = f"eager ({why_eager})" if why_eager else "cuda graph"
     graphed, build_graph = None, not why_eager
     t_start, done_here = time.perf_counter(), 0

@@ -58,13 +58,23 @@ class CudaGraph:
         self.graph.replay()
 
 
-def graph_unsupported(cfg: CalibConfig, have_graphs: bool) -> str:
+def routing_rng(model: torch.nn.Module) -> bool:
+    """Whether the model draws random numbers in its forward (MambaIRv2-light's seeded routing:
+    a torch.Generator seeded afresh per forward, which a graph replay would not re-seed)."""
+    return getattr(model, "routing", None) == "seeded"
+
+
+def graph_unsupported(cfg: CalibConfig, have_graphs: bool, draws_rng: bool = False) -> str:
     """Why the step is not graphed under ``cfg`` ("" when it can be); ``have_graphs``: the
-    device has CUDA graphs (or a test supplies a stand-in)."""
+    device has CUDA graphs (or a test supplies a stand-in); ``draws_rng``: the model draws
+    random numbers in its forward (:func:`routing_rng`)."""
     if not cfg.cuda_graph:
         return "turned off by --no-cuda-graph"
     if not have_graphs:
         return "CUDA graphs need a CUDA device"
+    if draws_rng:
+        return ("the seeded routing draws from a torch.Generator seeded afresh each forward, which a CUDA graph "
+                "replay would not re-seed")
     if cfg.recompute:
         return "block recompute is on (--no-recompute allows the graph)"
     if cfg.feature_loss > 0:

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import CompsrtError
 from ..kernels.selective_scan import selective_scan
@@ -260,16 +262,14 @@ class ASSM(nn.Module):
         # official index 3 is a LogSoftmax, omitted: argmax and softmax ignore per-row shifts
         self.route = nn.Sequential(nn.Linear(dim, dim // 3), nn.GELU(), nn.Linear(dim // 3, cfg.num_tokens))
 
-    def classify(self, u: Tensor, table: Tensor, gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """Class of each token (B, L) and its prompt (B, L, N); gen None means argmax routing."""
+    def classify(self, u: Tensor, table: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Class of each token (B, L) and its prompt (B, L, N); ``noise`` (L, K) is the layer's Gumbel
+        draw (:meth:`MambaIRv2Light.routing_noise`), None for argmax routing."""
         logits = self.route(u).float()
-        if gen is None:
+        if noise is None:
             k = logits.argmax(-1)
             return k, table[k]
-        # Gumbel(0, 1) = -log(-log(U)); shape (L, K), shared by the images of the batch
-        # (U = 0 gives -inf: that class is simply not drawn). Cheaper than -log(Exp(1)) here.
-        gumbel = torch.rand(logits.shape[1:], generator=gen, device=u.device).log_().neg_().log_().neg_()
-        y = logits + gumbel
+        y = logits + noise
         k = y.argmax(-1)
         if not (torch.is_grad_enabled() and y.requires_grad):
             return k, table[k]
@@ -278,11 +278,12 @@ class ASSM(nn.Module):
         hard = F.one_hot(k, soft.shape[-1]).to(soft.dtype)
         return k, (hard - soft.detach() + soft) @ table
 
-    def forward(self, u: Tensor, hw: tuple[int, int], embedding_a: Tensor, gen: torch.Generator | None) -> Tensor:
-        """u: (B, L, C) normalized tokens; embedding_a: (inner_rank, N). Returns (B, L, C)."""
+    def forward(self, u: Tensor, hw: tuple[int, int], embedding_a: Tensor, noise: Tensor | None) -> Tensor:
+        """u: (B, L, C) normalized tokens; embedding_a: (inner_rank, N); noise: see :meth:`classify`.
+        Returns (B, L, C)."""
         b, n_tok, c = u.shape
         table = self.embeddingB.weight @ embedding_a                            # (num_tokens, N)
-        k, prompt = self.classify(u, table, gen)
+        k, prompt = self.classify(u, table, noise)
         order = torch.argsort(k, dim=-1, stable=True)                           # raster order within a class
         z = self.in_proj(to_image(u, hw))
         z = to_tokens(z * torch.sigmoid(self.CPE(z)))
@@ -313,8 +314,8 @@ class AttentiveLayer(nn.Module):
         nn.init.uniform_(self.embeddingA.weight, -1 / cfg.inner_rank, 1 / cfg.inner_rank)
 
     def forward(self, x: Tensor, hw: tuple[int, int], rpi: Tensor, win: _Windows,
-                gen: torch.Generator | None) -> Tensor:
-        """x: (B, L, C) tokens of the padded (H, W) = hw."""
+                noise: Tensor | None) -> Tensor:
+        """x: (B, L, C) tokens of the padded (H, W) = hw; noise: the ASSM's routing draw (or None)."""
         b, n_tok, c = x.shape
         s = x
         # Per-token ops commute with the token order: gather norm1(x) into shifted windows
@@ -326,7 +327,7 @@ class AttentiveLayer(nn.Module):
         x_win = self.convffn1(self.norm2(x_win), hw) + x_win
         x = s * self.scale1 + x_win
         s = x
-        x_aca = self.assm(self.norm3(x), hw, self.embeddingA.weight, gen) + x
+        x_aca = self.assm(self.norm3(x), hw, self.embeddingA.weight, noise) + x
         x = x_aca + self.convffn2(self.norm4(x_aca), hw)
         return s * self.scale2 + x
 
@@ -346,12 +347,18 @@ class ASSB(nn.Module):
         super().__init__()
         self.residual_group = _Group(cfg, depth, heads)
         self.conv = nn.Conv2d(cfg.embed_dim, cfg.embed_dim, 3, 1, 1)
+        self.recompute = False  # see MambaIRv2Light.recompute_blocks
 
     def forward(self, x: Tensor, hw: tuple[int, int], rpi: Tensor, win: _Windows,
-                gen: torch.Generator | None) -> Tensor:
+                noise: Iterator[Tensor | None]) -> Tensor:
+        """noise: yields each AttentiveLayer's routing draw, in order (MambaIRv2Light.routing_noise)."""
         y = x
         for layer in self.residual_group.layers:
-            y = layer(y, hw, rpi, win, gen)
+            nz = next(noise)
+            if self.recompute and torch.is_grad_enabled():
+                y = checkpoint(layer, y, hw, rpi, win, nz, use_reentrant=False)
+            else:
+                y = layer(y, hw, rpi, win, nz)
         return to_tokens(self.conv(to_image(y, hw))) + x
 
 
@@ -418,13 +425,35 @@ class MambaIRv2Light(nn.Module):
             return None
         return torch.Generator(device=device).manual_seed(self.seed)
 
+    def routing_noise(self, n_tok: int, device: torch.device) -> Iterator[Tensor | None]:
+        """The AttentiveLayers' Gumbel(0, 1) draws, (L, K) each, in layer order, from one fresh
+        seeded generator (seeded routing; None each for argmax), drawn one layer at a time (only one
+        layer's draw is alive at inference). Drawn outside the layer, so a layer recomputed in
+        backward (:meth:`recompute_blocks`) sees the same draw. The noise is shared by the images of
+        a batch: an image's output does not depend on its neighbours. Gumbel = -log(-log(U)); U = 0
+        gives -inf: that class is simply not drawn."""
+        gen = self.generator(device)
+        for _ in range(sum(self.cfg.depths)):
+            if gen is None:
+                yield None
+            else:
+                yield torch.rand((n_tok, self.cfg.num_tokens), generator=gen, device=device).log_().neg_().log_().neg_()
+
+    def recompute_blocks(self, on: bool = True) -> "MambaIRv2Light":
+        """Keep only each AttentiveLayer's input for backward and recompute the layer there (the
+        calibration's memory saver, as SwinIRLight.recompute_blocks; the routing draw is an input,
+        so the recomputation is exact). No effect without autograd."""
+        for layer in self.layers:
+            layer.recompute = on
+        return self
+
     def forward_features(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         win = self.windows_for(h, w, x.device)
-        gen = self.generator(x.device)
+        noise = self.routing_noise(h * w, x.device)
         t = self.patch_embed.norm(to_tokens(x))
         for layer in self.layers:
-            t = layer(t, (h, w), self.rpi, win, gen)
+            t = layer(t, (h, w), self.rpi, win, noise)
         return to_image(self.norm(t), (h, w))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,9 +1,10 @@
 """``compress_(model, cfg)``: turn an FP model into its fake-quantized (and pruned) form.
 
-The model's :class:`~compsrt.quant.plan.QuantPlan` names the sites: each Linear becomes a
-:class:`QuantLinear` (qkv split into q, k, v, each with its own weight and input quantizer),
-each attention site a :class:`QuantAttend`. Convs, norms, biases and the relative-position
-bias stay FP.
+The model's :class:`~compsrt.quant.plan.QuantPlan` (for ``QuantConfig.layers``) names the sites:
+each Linear becomes a :class:`QuantLinear` (qkv split into q, k, v, each with its own weight and
+input quantizer), each attention site a :class:`QuantAttend`, each weight site's parameter gets a
+:class:`QuantWeightParam` parametrization (its key in the state dict becomes
+``<module>.parametrizations.<param>.original``). Everything else stays FP.
 
 A calibrated checkpoint (format "compsrt-calibrated", the training form) is one safetensors
 file: the FP tensors under their official names, every quantizer's l, u, s2, z2, the pruning
@@ -22,11 +23,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..config import QuantConfig, SwinIRConfig
+from torch.nn.utils import parametrize
+
+from ..config import QuantConfig
 from ..errors import CompsrtError
-from ..model.swinir import Attend, SwinIRLight
+from ..model.archs import arch_of, build, config_dict, config_from_dict
+from ..model.swinir import Attend
 from .plan import plan_for
-from .qmodules import BoundSearch, QuantAttend, QuantLinear, QuantOverride, Quantizer, WeightQuantizer, quantizers
+from .qmodules import (BoundSearch, QuantAttend, QuantLinear, QuantOverride, Quantizer, QuantWeightParam, WeightQuantizer,
+                       quantizers)
 
 FORMAT = "compsrt-calibrated"
 VERSION = 1
@@ -47,15 +52,18 @@ def prune_mask(w_dom: Tensor, frac: float, mode: str) -> Tensor:
     return keep.view_as(w_dom)
 
 
-def compress_(model: SwinIRLight, cfg: QuantConfig) -> SwinIRLight:
+def compress_(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     """Swap the plan's sites for fake-quant modules in place (FP weights frozen); returns ``model``.
 
     Pruning masks are fixed here, from the FP weights in the quantization domain, before any
     bound search.
+
+    Raises:
+        ValueError: an architecture without a plan, a layer set it does not have, a model compressed twice.
     """
     for p in model.parameters():
         p.requires_grad_(False)
-    plan = plan_for(model)
+    plan = plan_for(model, cfg.layers)
     for site in plan.linears:
         fp = model.get_submodule(site.path)
         if not isinstance(fp, nn.Linear):
@@ -65,6 +73,12 @@ def compress_(model: SwinIRLight, cfg: QuantConfig) -> SwinIRLight:
         if not isinstance(model.get_submodule(site.path), Attend):
             raise ValueError(f"{site.path}: expected an FP Attend")
         model.set_submodule(site.path, QuantAttend(cfg))
+    for site in plan.weights:
+        holder = model.get_submodule(site.path)
+        if parametrize.is_parametrized(holder, site.param):
+            raise ValueError(f"{site.path}.{site.param}: already quantized (compressed twice?)")
+        parametrize.register_parametrization(holder, site.param, QuantWeightParam(getattr(holder, site.param), cfg),
+                                             unsafe=True)
     if cfg.prune > 0:
         for m in model.modules():
             if isinstance(m, WeightQuantizer):
@@ -116,7 +130,7 @@ def quant_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for q in quantizers(model) for p in (q.lower, q.upper, q.step_extra, q.zero_extra) if p.requires_grad]
 
 
-def save_calibrated(model: SwinIRLight, path: Path, provenance: dict | None = None) -> None:
+def save_calibrated(model: nn.Module, path: Path, provenance: dict | None = None) -> None:
     """Write a calibrated model as one safetensors file with a JSON header, atomically."""
     from safetensors.torch import save_file
 
@@ -126,10 +140,20 @@ def save_calibrated(model: SwinIRLight, path: Path, provenance: dict | None = No
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
         sd[k] = v.to(torch.uint8) if v.dtype == torch.bool else v.float().contiguous()
-    header = {"format": FORMAT, "version": VERSION, "arch": "swinir-light", "swinir": asdict(model.cfg),
+    header = {"format": FORMAT, "version": VERSION, "arch": arch_of(model), "model": config_dict(model),
               "quant": asdict(model.quant_cfg), "provenance": provenance or {}}
     with atomic_path(Path(path)) as tmp:
         save_file(sd, str(tmp), metadata={"compsrt": json.dumps(header)})
+
+
+def model_config(h: dict) -> tuple[str, object]:
+    """(arch, validated model config) of a calibrated or packed header; files written before
+    MambaIRv2-light could be quantized hold SwinIR-light's config under "swinir".
+    Raises KeyError, TypeError or ValueError for a malformed one."""
+    arch = h["arch"]
+    if arch not in ("swinir-light", "mambairv2-light"):
+        raise ValueError(f"architecture {arch!r} unknown")
+    return arch, config_from_dict(arch, h["model"] if "model" in h else h["swinir"])
 
 
 def _header(path: Path) -> dict:
@@ -139,28 +163,34 @@ def _header(path: Path) -> dict:
         meta = f.metadata() or {}
     try:
         h = json.loads(meta["compsrt"])
-        if h["format"] != FORMAT or h["arch"] != "swinir-light":
-            raise ValueError("format/arch")
+        if h["format"] != FORMAT:
+            raise ValueError("format")
         if int(h["version"]) > VERSION:
             raise CompsrtError(f"{path}: checkpoint format version {h['version']} is newer than this compsrt "
                                f"({VERSION}); upgrade compsrt")
-        sw = h["swinir"]
-        sw["depths"], sw["num_heads"], sw["rgb_mean"] = tuple(sw["depths"]), tuple(sw["num_heads"]), tuple(sw["rgb_mean"])
-        return {"swinir": SwinIRConfig(**sw), "quant": QuantConfig(**h["quant"]), "provenance": h.get("provenance", {})}
+        arch, cfg = model_config(h)
+        return {"arch": arch, "model": cfg, "quant": QuantConfig(**h["quant"]), "provenance": h.get("provenance", {})}
     except CompsrtError:
         raise
     except (KeyError, ValueError, TypeError) as e:
         raise CompsrtError(f"{path}: malformed compsrt header ({e}); the file is damaged or not ours") from None
 
 
-def load_calibrated(path: Path, scale: int | None = None) -> SwinIRLight:
-    """Rebuild a calibrated model from :func:`save_calibrated`'s file, validating every tensor."""
+def load_calibrated(path: Path, scale: int | None = None, arch: str | None = None) -> nn.Module:
+    """Rebuild a calibrated model from :func:`save_calibrated`'s file, validating every tensor.
+
+    Raises:
+        CompsrtError: a damaged file, or one of another scale than ``scale`` or another
+            architecture than ``arch`` (None: any).
+    """
     from safetensors.torch import load_file
 
     from ..model.weights import load_into
 
     h = _header(path)
-    cfg: SwinIRConfig = h["swinir"]
+    cfg = h["model"]
+    if arch is not None and h["arch"] != arch:
+        raise CompsrtError(f"{path}: this is a {h['arch']} checkpoint but --arch {arch} was asked; use --arch {h['arch']}")
     if scale is not None and cfg.scale != scale:
         raise CompsrtError(f"{path}: this is an x{cfg.scale} checkpoint but --scale {scale} was asked; "
                            f"use --scale {cfg.scale}")
@@ -168,7 +198,10 @@ def load_calibrated(path: Path, scale: int | None = None) -> SwinIRLight:
     bad = next((k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:
         raise CompsrtError(f"{path}: tensor {bad} holds NaN or Inf; the checkpoint is damaged")
-    model = compress_(SwinIRLight(cfg), h["quant"])
+    try:
+        model = compress_(build(h["arch"], cfg), h["quant"])
+    except ValueError as e:
+        raise CompsrtError(f"{path}: {e}") from None
     for name, m in model.named_modules():
         if isinstance(m, WeightQuantizer):
             key = f"{name}.mask"
@@ -194,3 +227,8 @@ def refresh_weight_domains(model: nn.Module) -> None:
             rows = m.weight.shape[0] // m.splits
             for i, wq in enumerate(m.wq):
                 wq.w_dom = wq.to_domain(m.weight.detach()[i * rows:(i + 1) * rows])
+        if parametrize.is_parametrized(m):
+            for name, plist in m.parametrizations.items():
+                for p in plist:
+                    if isinstance(p, QuantWeightParam):
+                        p.refresh(plist.original)

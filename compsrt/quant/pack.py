@@ -2,23 +2,27 @@
 
 One safetensors file (format "compsrt-packed", no pickle) holding only what the runtime needs:
 
-- ``quant.codes`` int32 (1, bits, W): the b-bit weight codes of every quantized product, in plan
-  order (site, then split, then row), as one bit-plane stream (:func:`~compsrt.kernels.bitpack.pack_flat`).
+- ``quant.codes`` int32 (1, bits, W): the b-bit weight codes of every quantized weight, in plan
+  order (Linear sites, then weight sites; per site split, then row), as one bit-plane stream
+  (:func:`~compsrt.kernels.bitpack.pack_flat`).
   Per layer the coefficient grid is its rotated, padded weight (out x n) without the exact-DC
   column when that is kept FP: all of the grid's codes, or with pruning only the kept ones.
 - ``quant.masks`` int32 (1, 1, W'): the 1-bit keep-masks of the pruned grids, same order
   (absent without pruning). Pruned coefficients have no code: they dequantize to exactly 0.
 - ``quant.qparams`` fp32 (Q, 4): every quantizer's ``[l, u, s2, z2]`` (s2, z2 = 0 where the
   method does not learn them), in plan order: per Linear site its weight quantizers, then its
-  input quantizers; per attention site q, k, attn, v.
-- ``quant.dc`` (fp dtype): the FP exact-DC column of every quantized weight, row order as the codes.
+  input quantizers; per weight site its weight quantizer; per attention site q, k, attn, v.
+- ``quant.dc`` (fp dtype): the per-row FP offset of every quantized weight, row order as the
+  codes (:meth:`~compsrt.quant.qmodules.WeightQuantizer.fp_offset`): its exact-DC column
+  (rotation "deploy" with ``exact_dc``), or sqrt(n) x its row mean (``row_mean``); absent without.
 - ``fp.values`` (fp16 by default, or fp32): every FP tensor (convs, norms, biases,
   relative-position bias) flattened and concatenated in the FP model's state-dict order, the
   quantized weights left out. One tensor instead of ~230 named ones keeps the safetensors
   index at a few hundred bytes instead of ~26 KB (3% of a 4-bit file); the names and shapes
   come from the architecture config, as the codes' layout comes from the plan.
 
-The JSON header (``compsrt`` metadata key) holds the format, version, architecture, configs,
+The JSON header (``compsrt`` metadata key) holds the format, version, architecture, its config
+("model"; files of the first packed version name SwinIR-light's "swinir"), the layer set, the quantization config,
 bits, method, rotation, pruning, the source weights' sha256, the command, and a sha256 over the
 header's other fields and every tensor's name, dtype, shape and bytes; :func:`read_packed`
 refuses a file whose sha256 does not match, then checks every tensor's dtype and size.
@@ -34,30 +38,46 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..config import QuantConfig, SwinIRConfig
+from ..config import QuantConfig
 from ..errors import CompsrtError
 from ..kernels.bitpack import pack_flat, unpack_flat
 from ..kernels.fake_quant import fake_quant_ref
 from ..kernels.hadamard import next_pow2
-from ..model.swinir import SwinIRLight
-from .plan import QuantPlan, plan_for
-from .qmodules import Quantizer, QuantAttend, QuantLinear
+from ..model.archs import arch_of, build, config_dict
+from .compress import model_config
+from .plan import QuantPlan, check_layers, plan_for
+from .qmodules import Quantizer, QuantAttend, QuantLinear, QuantWeightParam, WeightQuantizer
 
 FORMAT = "compsrt-packed"
 VERSION = 2                 # version 1 is the calibrated (fake-quant) format it is made from
 FP_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-_LIMITS = {"embed_dim": 1024, "window_size": 64, "blocks": 256, "heads": 64, "in_chans": 4, "mlp_ratio": 8.0}
+# Upper bounds on a header's model sizes, so that a damaged or hostile file cannot ask for a huge model.
+_LIMITS = {"embed_dim": 1024, "window_size": 64, "d_state": 256, "inner_rank": 1024, "num_tokens": 4096}
+_MAX_BLOCKS, _MAX_HEADS, _MAX_MLP_RATIO = 256, 64, 8.0
 
 
 @dataclass
 class LayerGrid:
-    """Where one quantized Linear's codes live: ``rows`` x ``cols`` coefficients starting at
-    column ``dc`` (1 with the exact DC) of its rotated (``n`` wide) weight."""
+    """Where one quantized weight's codes live: ``rows`` x ``cols`` coefficients starting at
+    column ``dc`` (1 with the exact DC) of its rotated (``n`` wide) weight ``<path>.<param>``:
+    a Linear site's weight (``param`` "weight", with input quantizers) or a weight site's raw
+    (1, rows, in) parameter (``weight_only``)."""
     path: str
     splits: int
     rows: int
     n: int
     dc: int
+    param: str = "weight"
+    weight_only: bool = False
+
+    @property
+    def key(self) -> str:
+        """The state-dict name of the FP tensor the codes replace."""
+        return f"{self.path}.{self.param}"
+
+    @property
+    def n_quantizers(self) -> int:
+        return self.splits if self.weight_only else 2 * self.splits
 
     @property
     def cols(self) -> int:
@@ -72,16 +92,38 @@ def _quantizer_params(q: Quantizer) -> Tensor:
 
 
 def layer_grids(model: nn.Module, plan: QuantPlan, cfg: QuantConfig) -> list[LayerGrid]:
-    """The coefficient grid of every Linear site, from the FP (or fake-quant) model's shapes."""
+    """The coefficient grid of every Linear and weight site, from the FP (or fake-quant) model's shapes."""
+    dc = int(cfg.exact_dc and cfg.rotation == "deploy")
+    width = lambda in_f: in_f if cfg.rotation == "none" else next_pow2(in_f)   # noqa: E731
     grids = []
     for site in plan.linears:
         out_f, in_f = model.get_submodule(site.path).weight.shape
-        n = in_f if cfg.rotation == "none" else next_pow2(in_f)
-        grids.append(LayerGrid(site.path, site.splits, out_f, n, int(cfg.exact_dc and cfg.rotation == "deploy")))
+        grids.append(LayerGrid(site.path, site.splits, out_f, width(in_f), dc))
+    for site in plan.weights:
+        holder = model.get_submodule(site.path)
+        shape = (holder.parametrizations[site.param].original if hasattr(holder, "parametrizations")
+                 and site.param in holder.parametrizations else getattr(holder, site.param)).shape
+        grids.append(LayerGrid(site.path, 1, shape[1], width(shape[2]), dc, site.param, True))
     return grids
 
 
-def pack_model(model: SwinIRLight, fp_dtype: str = "fp16", provenance: dict | None = None,
+def grid_quantizers(model: nn.Module, grid: LayerGrid) -> tuple[list[WeightQuantizer], list[Quantizer]]:
+    """A compressed model's weight quantizers (one per split) and input quantizers (none for a
+    weight site) of ``grid``."""
+    if grid.weight_only:
+        param: QuantWeightParam = model.get_submodule(grid.path).parametrizations[grid.param][0]
+        return [param.wq], []
+    lin: QuantLinear = model.get_submodule(grid.path)
+    return list(lin.wq), list(lin.aq)
+
+
+def has_fp_offsets(grids: list[LayerGrid], cfg: QuantConfig) -> bool:
+    """Whether the file stores a per-row FP offset per weight row (``quant.dc``): the exact DC
+    (a grid starting at column 1) or the row mean."""
+    return cfg.row_mean or any(g.dc for g in grids)
+
+
+def pack_model(model: nn.Module, fp_dtype: str = "fp16", provenance: dict | None = None,
                source_sha256: str = "", command: str = "") -> tuple[dict[str, Tensor], dict]:
     """The packed tensors and header of a calibrated model (see the module docstring).
 
@@ -97,11 +139,11 @@ def pack_model(model: SwinIRLight, fp_dtype: str = "fp16", provenance: dict | No
                            "product, which no integer product can run; calibrate with the deployable rotation")
     if fp_dtype not in FP_DTYPES:
         raise ValueError(f"fp_dtype must be one of {list(FP_DTYPES)}, got {fp_dtype!r}")
-    plan = plan_for(model)
+    plan = plan_for(model, cfg.layers)
     codes, masks, qparams, dcs = [], [], [], []
     for grid in layer_grids(model, plan, cfg):
-        lin: QuantLinear = model.get_submodule(grid.path)
-        for wq in lin.wq:
+        wqs, aqs = grid_quantizers(model, grid)
+        for wq in wqs:
             part = wq.quantized_part()
             s2, z2 = wq.extras()
             _, q = fake_quant_ref(part, wq.lower, wq.upper, cfg.bits, s2, z2, return_codes=True)
@@ -109,9 +151,10 @@ def pack_model(model: SwinIRLight, fp_dtype: str = "fp16", provenance: dict | No
                 masks.append(wq.mask.reshape(-1))
                 q = q[wq.mask]
             codes.append(q.reshape(-1))
-            if grid.dc:
-                dcs.append(wq.w_dom[:, 0])
-        qparams += [_quantizer_params(q) for q in lin.wq] + [_quantizer_params(q) for q in lin.aq]
+            offset = wq.fp_offset()   # the exact-DC column or sqrt(n) x the row mean
+            if offset is not None:
+                dcs.append(offset)
+        qparams += [_quantizer_params(q) for q in wqs + aqs]
     for site in plan.attentions:
         att: QuantAttend = model.get_submodule(site.path)
         qparams += [_quantizer_params(q) for q in (att.q, att.k, att.a, att.v)]
@@ -123,29 +166,31 @@ def pack_model(model: SwinIRLight, fp_dtype: str = "fp16", provenance: dict | No
     if dcs:
         tensors["quant.dc"] = torch.cat(dcs).to(dt).contiguous()
     sd = model.state_dict()
-    skeleton, _, grids = skeleton_and_grids(model.cfg, cfg)   # the FP names, in the FP order
+    arch = arch_of(model)
+    skeleton, _, grids = skeleton_and_grids(arch, model.cfg, cfg)   # the FP names, in the FP order
     layout = fp_layout(skeleton, grids)
     tensors["fp.values"] = torch.cat([sd[k].detach().cpu().reshape(-1).to(dt) for k in layout])
     prov = provenance or getattr(model, "provenance", {}) or {}
-    header = {"format": FORMAT, "version": VERSION, "arch": plan.arch, "plan_version": plan.version,
-              "swinir": asdict(model.cfg), "quant": asdict(cfg), "bits": cfg.bits,
+    header = {"format": FORMAT, "version": VERSION, "arch": arch, "plan_version": plan.version,
+              "model": config_dict(model), "layers": plan.layers, "quant": asdict(cfg), "bits": cfg.bits,
               "method": prov.get("method", "unknown"), "rotation": cfg.rotation,
               "pruning": {"fraction": cfg.prune, "mode": cfg.prune_mode if cfg.prune else "none"},
               "fp_dtype": fp_dtype, "source_sha256": source_sha256, "command": command, "provenance": prov}
     return tensors, header
 
 
-def skeleton_and_grids(scfg: SwinIRConfig, qcfg: QuantConfig) -> tuple[SwinIRLight, QuantPlan, list[LayerGrid]]:
-    """The FP model of ``scfg`` on the meta device (shapes only: nothing allocated), its plan and grids."""
+def skeleton_and_grids(arch: str, mcfg, qcfg: QuantConfig) -> tuple[nn.Module, QuantPlan, list[LayerGrid]]:
+    """The FP model of ``arch`` with config ``mcfg`` on the meta device (shapes only: nothing
+    allocated), its plan for ``qcfg.layers`` and its grids."""
     with torch.device("meta"):
-        skeleton = SwinIRLight(scfg)
-    plan = plan_for(skeleton)
+        skeleton = build(arch, mcfg)
+    plan = plan_for(skeleton, qcfg.layers)
     return skeleton, plan, layer_grids(skeleton, plan, qcfg)
 
 
-def fp_layout(skeleton: SwinIRLight, grids: list[LayerGrid]) -> dict[str, tuple[int, ...]]:
+def fp_layout(skeleton: nn.Module, grids: list[LayerGrid]) -> dict[str, tuple[int, ...]]:
     """Name -> shape of the FP tensors stored in ``fp.values``, in their order."""
-    quantized = {f"{g.path}.weight" for g in grids}
+    quantized = {g.key for g in grids}
     return {k: tuple(v.shape) for k, v in skeleton.state_dict().items() if k not in quantized}
 
 
@@ -176,26 +221,29 @@ def _bad(path: Path, what: str) -> CompsrtError:
                         "(re-run python -m compsrt.pack or calibration)")
 
 
-def _configs(path: Path, h: dict) -> tuple[SwinIRConfig, QuantConfig]:
-    """The header's model and quantization configs, validated before anything is built."""
+def _configs(path: Path, h: dict) -> tuple[str, object, QuantConfig]:
+    """The header's architecture, model and quantization configs, validated before anything is built."""
     try:
-        sw = dict(h["swinir"])
-        sw["depths"], sw["num_heads"], sw["rgb_mean"] = tuple(sw["depths"]), tuple(sw["num_heads"]), tuple(sw["rgb_mean"])
-        scfg, qcfg = SwinIRConfig(**sw), QuantConfig(**h["quant"])
+        arch, mcfg = model_config(h)
+        qcfg = QuantConfig(**h["quant"])
+        plan_layers = qcfg.layers
     except (KeyError, TypeError, ValueError, ArithmeticError) as e:
         raise _bad(path, f"invalid model or quantization configuration ({e})") from None
-    ints = [scfg.embed_dim, scfg.window_size, scfg.in_chans, *scfg.depths, *scfg.num_heads]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints) or not scfg.depths:
+    ints = [getattr(mcfg, k) for k in ("embed_dim", "window_size", "in_chans")] + [*mcfg.depths, *mcfg.num_heads]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints) or not mcfg.depths:
         raise _bad(path, "model sizes must be positive integers")
-    if (scfg.embed_dim > _LIMITS["embed_dim"] or scfg.window_size > _LIMITS["window_size"]
-            or sum(scfg.depths) > _LIMITS["blocks"] or max(scfg.num_heads) > _LIMITS["heads"]
-            or scfg.in_chans > _LIMITS["in_chans"] or not 0 < scfg.mlp_ratio <= _LIMITS["mlp_ratio"]
-            or scfg.mlp_hidden < 1 or not all(math.isfinite(v) for v in (*scfg.rgb_mean, scfg.img_range))
-            or scfg.img_range <= 0):
-        raise _bad(path, f"model configuration out of bounds ({asdict(scfg)})")
+    too_big = [k for k, top in _LIMITS.items() if getattr(mcfg, k, 0) > top]
+    if (too_big or sum(mcfg.depths) > _MAX_BLOCKS or max(mcfg.num_heads) > _MAX_HEADS or mcfg.in_chans > 4
+            or not 0 < mcfg.mlp_ratio <= _MAX_MLP_RATIO or mcfg.mlp_hidden < 1
+            or not all(math.isfinite(v) for v in (*mcfg.rgb_mean, mcfg.img_range)) or mcfg.img_range <= 0):
+        raise _bad(path, f"model configuration out of bounds ({asdict(mcfg)})")
     if qcfg.bits not in (2, 3, 4) or qcfg.rotation == "official":
         raise _bad(path, f"bits {qcfg.bits} / rotation {qcfg.rotation!r} cannot be packed")
-    return scfg, qcfg
+    try:
+        check_layers(arch, plan_layers)
+    except ValueError as e:
+        raise _bad(path, str(e)) from None
+    return arch, mcfg, qcfg
 
 
 def read_header(path: Path) -> dict:
@@ -223,7 +271,7 @@ def read_header(path: Path) -> dict:
                            "upgrade compsrt")
     if v < VERSION:
         raise _bad(path, f"packed format version {v} is not supported")
-    if h.get("arch") != "swinir-light":
+    if h.get("arch") not in ("swinir-light", "mambairv2-light"):
         raise _bad(path, f"architecture {h.get('arch')!r} has no packed runtime")
     return h
 
@@ -231,13 +279,14 @@ def read_header(path: Path) -> dict:
 @dataclass
 class PackedModel:
     """A validated packed file: configs, header, and per-layer codes ready for the runtime."""
-    swinir: SwinIRConfig
+    arch: str
+    model_cfg: object            # SwinIRConfig or MambaIRv2Config
     quant: QuantConfig
     header: dict
     grids: list[LayerGrid]
     codes: list[Tensor]          # per grid: uint8 (rows, cols) codes, pruned ones 0
     masks: list[Tensor | None]   # per grid: bool (rows, cols) keep-mask, or None (all kept)
-    dc: list[Tensor | None]      # per grid: fp (rows,) exact-DC column, or None
+    dc: list[Tensor | None]      # per grid: fp (rows,) exact-DC column or sqrt(n) x row mean, or None
     qparams: Tensor              # (Q, 4) fp32 [l, u, s2, z2]
     fp: dict[str, Tensor]        # FP tensors by official name (views into fp.values)
 
@@ -252,7 +301,7 @@ def read_packed(path: Path) -> PackedModel:
 
     path = Path(path)
     h = read_header(path)
-    scfg, qcfg = _configs(path, h)
+    arch, mcfg, qcfg = _configs(path, h)
     try:
         t = load_file(str(path))
     except Exception as e:
@@ -262,13 +311,14 @@ def read_packed(path: Path) -> PackedModel:
     fp_dt = FP_DTYPES.get(h.get("fp_dtype"))
     if fp_dt is None:
         raise _bad(path, f"fp_dtype {h.get('fp_dtype')!r} unknown")
-    skeleton, plan, grids = skeleton_and_grids(scfg, qcfg)
-    n_q = sum(2 * g.splits for g in grids) + 4 * len(plan.attentions)
+    skeleton, plan, grids = skeleton_and_grids(arch, mcfg, qcfg)
+    n_q = sum(g.n_quantizers for g in grids) + 4 * len(plan.attentions)
     layout = fp_layout(skeleton, grids)
     n_fp = sum(math.prod(s) for s in layout.values())
     expect = {"quant.qparams": (torch.float32, (n_q, 4)), "fp.values": (fp_dt, (n_fp,))}
     pruned = qcfg.prune > 0
-    need = set(expect) | {"quant.codes"} | ({"quant.masks"} if pruned else set()) | ({"quant.dc"} if grids[0].dc else set())
+    offsets = has_fp_offsets(grids, qcfg)
+    need = set(expect) | {"quant.codes"} | ({"quant.masks"} if pruned else set()) | ({"quant.dc"} if offsets else set())
     if set(t) != need:
         missing, extra = sorted(need - set(t)), sorted(set(t) - need)
         raise _bad(path, f"tensor set differs from the plan (missing {missing}, unexpected {extra[:3]})")
@@ -279,8 +329,8 @@ def read_packed(path: Path) -> PackedModel:
             raise _bad(path, f"{k} holds NaN or Inf")
     qp = t["quant.qparams"]
     rows = sum(g.rows for g in grids)
-    if grids[0].dc and (t["quant.dc"].dtype != fp_dt or tuple(t["quant.dc"].shape) != (rows,)
-                        or not bool(torch.isfinite(t["quant.dc"]).all())):
+    if offsets and (t["quant.dc"].dtype != fp_dt or tuple(t["quant.dc"].shape) != (rows,)
+                    or not bool(torch.isfinite(t["quant.dc"]).all())):
         raise _bad(path, f"quant.dc is {t['quant.dc'].dtype} {tuple(t['quant.dc'].shape)}, expected {fp_dt} ({rows},)")
     cells = [g.rows * g.cols for g in grids]
     masks: list[Tensor | None] = [None] * len(grids)
@@ -309,7 +359,7 @@ def read_packed(path: Path) -> PackedModel:
     if not bool((qp[:, 1] > qp[:, 0]).all()) or not bool((s > 0).all()):
         raise _bad(path, "a quantizer has upper <= lower or a non-positive step")
     dc = [None] * len(grids)
-    if grids[0].dc:
+    if offsets:
         dc = list(t["quant.dc"].split([g.rows for g in grids]))
     fp = {k: v.view(s) for (k, s), v in zip(layout.items(), t["fp.values"].split([math.prod(s) for s in layout.values()]))}
-    return PackedModel(scfg, qcfg, h, grids, codes, masks, dc, qp, fp)
+    return PackedModel(arch, mcfg, qcfg, h, grids, codes, masks, dc, qp, fp)

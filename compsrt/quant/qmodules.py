@@ -4,7 +4,10 @@ Every quantized product ``y = a @ b`` goes through two quantizers, one per opera
 ``rotation="deploy"`` both operands are rotated along the contraction axis and stay rotated
 (``Q(pad(x) H) @ Q(pad(W) H)^T``: equal to ``x W^T`` when quantization is off); with
 "official" each operand is quantized in the rotated domain, then rotated back and cropped;
-with "none" (2DQuant) nothing is rotated.
+with "none" (2DQuant) nothing is rotated. Two per-row FP offsets can stay out of the codes:
+the exact DC (``QuantConfig.exact_dc``, rotated coefficient 0) with "deploy", and its unrotated
+counterpart the row mean (``QuantConfig.row_mean``: ``mean(r) + Q(r - mean(r))`` per operand
+row along the contraction axis) with "none".
 
 While calibration sets a bound search on it (:func:`compsrt.quant.compress.set_calibrating`,
 DOBI in practice), a quantizer searches its bounds on every tensor it receives, then
@@ -40,7 +43,8 @@ class Quantizer(nn.Module):
     instead. ``t`` is in the quantizer's own domain (rotated where the method rotates, padded
     to the rotated size); ``dc_dim`` is the axis whose coefficient 0 the quantizer would pass
     through in FP (exact DC), or None; for a pruned weight ``t`` is the quantized part and the
-    keep-mask is applied to the result afterwards; with ``rotation="official"`` the result is
+    keep-mask is applied to the result afterwards; with ``row_mean`` ``t`` is the centred part
+    (the row mean along ``dim`` is added back afterwards); with ``rotation="official"`` the result is
     rotated back and cropped, as a fake-quantized tensor would be. While calibrating, the bound
     search has already run on ``t``. Every path honours it: an activation quantizer with an
     override leaves the fused rotate + quantize call (Triton on CUDA) for the unfused one.
@@ -64,6 +68,8 @@ class Quantizer(nn.Module):
         # channels share a positive mean, v is smooth over a window's tokens), and it would set
         # the whole tensor's range. The product is still exact: DC x DC + Q(AC) Q(AC)^T.
         self.exact_dc = cfg.exact_dc and cfg.rotation == "deploy"
+        # Without rotation, the same offset kept FP directly: each row's mean along ``dim``.
+        self.row_mean = cfg.row_mean
         self.override = None
 
     def extras(self) -> tuple[Tensor | None, Tensor | None]:
@@ -106,8 +112,13 @@ class Quantizer(nn.Module):
 
     def quantize_domain(self, t: Tensor, mask: Tensor | None = None) -> Tensor:
         """Fake-quantize ``t`` (already in the quantization domain), searching the bounds first
-        when calibrating; with ``exact_dc`` coefficient 0 along ``dim`` passes through in FP.
-        ``mask`` (kept coefficients of the quantized part) zeroes pruned entries exactly."""
+        when calibrating; with ``exact_dc`` coefficient 0 along ``dim`` passes through in FP; with
+        ``row_mean`` the mean along ``dim`` stays FP and the centred rest is quantized (and searched).
+        ``mask`` (kept coefficients of the quantized part) zeroes pruned entries exactly (with
+        ``row_mean``: pruned entries of the centred rest, which then dequantize to the mean)."""
+        if self.row_mean:
+            m = t.mean(self.dim, keepdim=True)
+            return m + self._quantize(t - m, mask)
         if not self.exact_dc:
             return self._quantize(t, mask)
         n = t.shape[self.dim]
@@ -190,8 +201,21 @@ class WeightQuantizer(Quantizer):
         self.mask = None if mask is None else mask.to(torch.bool)
 
     def quantized_part(self) -> Tensor:
-        """The coefficients that get codes (and a pruning mask): all but the FP DC column."""
+        """The coefficients that get codes (and a pruning mask): all but the FP DC column, or with
+        ``row_mean`` the weight less its row means."""
+        if self.row_mean:
+            return self.w_dom - self.w_dom.mean(-1, keepdim=True)
         return self.w_dom[:, 1:] if self.exact_dc else self.w_dom
+
+    def fp_offset(self) -> Tensor | None:
+        """(rows,) the per-row FP offset stored beside the codes: the exact-DC column (its scaled
+        sum), or with ``row_mean`` the row mean times sqrt(n) (the same scale: a DC coefficient is
+        sum / sqrt(n) = mean x sqrt(n)); None without either."""
+        if self.exact_dc:
+            return self.w_dom[:, 0]
+        if self.row_mean:
+            return self.w_dom.mean(-1) * self.w_dom.shape[-1] ** 0.5
+        return None
 
     def forward(self) -> Tensor:
         t = self.quantize_domain(self.w_dom, self.mask)
@@ -236,7 +260,8 @@ class QuantAttend(nn.Module):
 
     Rotation axes: q and k along the head dim (10 -> 16); attn along its last axis and v
     along its token axis (-2) in deploy mode; v along its head dim in official mode (as the
-    official code does: then attn @ v is not a rotated-domain product).
+    official code does: then attn @ v is not a rotated-domain product). With ``row_mean`` the
+    means are taken along the same contraction axes as the deploy mode's rotations.
     """
 
     def __init__(self, cfg: QuantConfig) -> None:
@@ -244,7 +269,9 @@ class QuantAttend(nn.Module):
         self.q = ActQuantizer(cfg, -1)
         self.k = ActQuantizer(cfg, -1)
         self.a = ActQuantizer(cfg, -1)
-        self.v = ActQuantizer(cfg, -2 if cfg.rotation == "deploy" else -1)
+        # attn v contracts over v's token axis: its DC / row mean is along -2 (with "official"
+        # v is rotated along its head dim, as the official code does)
+        self.v = ActQuantizer(cfg, -2 if cfg.rotation == "deploy" or cfg.row_mean else -1)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
         logits = self.q(q * scale) @ self.k(k).transpose(-2, -1) + bias.to(q.dtype)
@@ -254,3 +281,30 @@ class QuantAttend(nn.Module):
 
 def quantizers(model: nn.Module) -> list[Quantizer]:
     return [m for m in model.modules() if isinstance(m, Quantizer)]
+
+
+class QuantWeightParam(nn.Module):
+    """Weight-only fake quantization of a raw (1, out, in) parameter, as a parametrization
+    (``torch.nn.utils.parametrize``): reading the parameter gives its fake-quantized value.
+
+    The weight is quantized along its contraction axis (the last) in the quantization domain, then,
+    with a rotation, rotated back and cropped: ``x @ (Q(W H) H)^T = (x H) @ Q(W H)^T``, i.e. the FP
+    activation is rotated with it, exactly. No activation quantizer: the product stays FP.
+    """
+
+    def __init__(self, weight: Tensor, cfg: QuantConfig) -> None:
+        super().__init__()
+        if weight.dim() != 3 or weight.shape[0] != 1:
+            raise ValueError(f"a weight site needs a (1, out, in) parameter, got {tuple(weight.shape)}")
+        self.wq = WeightQuantizer(cfg, weight.detach()[0])
+        self.in_features = weight.shape[-1]
+
+    def refresh(self, weight: Tensor) -> None:
+        """Recompute the quantizer's rotated copy from the parameter's current FP value."""
+        self.wq.w_dom = self.wq.to_domain(weight.detach()[0])
+
+    def forward(self, original: Tensor) -> Tensor:
+        t = self.wq()
+        if self.wq.rotation != "official" and self.wq.rotation != "none":   # deploy: rotate back, crop
+            t = hadamard(t, -1)[:, : self.in_features]
+        return t.to(original.dtype)[None]

@@ -71,7 +71,7 @@ def test_packed_file_holds_the_calibrated_codes_and_no_fp_weight(make_calibrated
         if mask is not None:
             assert torch.equal(mask, torch.cat(keep))
             assert abs(1 - mask.float().mean().item() - cfg.prune) < 0.01
-    for k in ("format", "version", "arch", "swinir", "quant", "bits", "method", "rotation", "pruning",
+    for k in ("format", "version", "arch", "model", "layers", "quant", "bits", "method", "rotation", "pruning",
               "source_sha256", "command", "sha256"):
         assert k in pm.header
     assert pm.header["format"] == FORMAT and pm.header["version"] == VERSION and pm.header["bits"] == cfg.bits
@@ -131,9 +131,27 @@ def test_changed_bytes_newer_versions_and_bad_structure_are_refused(make_calibra
     _resave({**t, "fp.values": bad}, h, tmp_path / "nan.safetensors")
     with pytest.raises(CompsrtError, match="NaN"):
         read_packed(tmp_path / "nan.safetensors")
-    _resave(t, {**h, "swinir": {**h["swinir"], "embed_dim": 1 << 20}}, tmp_path / "huge.safetensors")
+    _resave(t, {**h, "model": {**h["model"], "embed_dim": 1 << 20}}, tmp_path / "huge.safetensors")
     with pytest.raises(CompsrtError, match="out of bounds|configuration"):
         read_packed(tmp_path / "huge.safetensors")
+    _resave(t, {**h, "layers": "official", "quant": {**h["quant"], "layers": "official"}}, tmp_path / "layers.safetensors")
+    with pytest.raises(CompsrtError, match="does not exist for swinir-light"):
+        read_packed(tmp_path / "layers.safetensors")
+    _resave(t, {**h, "arch": "resnet"}, tmp_path / "arch.safetensors")
+    with pytest.raises(CompsrtError, match="architecture"):
+        read_packed(tmp_path / "arch.safetensors")
+
+
+def test_files_of_the_first_packed_version_header_still_load(make_calibrated, tmp_path):
+    """Before MambaIRv2-light could be packed, headers named the model config "swinir" (the bundled files)."""
+    m = make_calibrated(QuantConfig(bits=4))
+    t, h = pack_model(m)
+    old = {k: v for k, v in h.items() if k not in ("model", "layers")}
+    old["swinir"] = h["model"]
+    old["quant"] = {k: v for k, v in h["quant"].items() if k not in ("layers", "row_mean")}
+    _resave(t, old, tmp_path / "old.safetensors")
+    pm = read_packed(tmp_path / "old.safetensors")
+    assert pm.arch == "swinir-light" and pm.model_cfg == m.cfg and pm.quant.layers == ""
 
 
 def test_pack_cli_converts_a_calibrated_file_and_refuses_others(make_calibrated, tmp_path, capsys):

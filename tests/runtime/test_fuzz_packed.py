@@ -67,15 +67,15 @@ def _damaged(good: bytes, tensors: dict, header: dict, tmp_path) -> list:
         "version_str": (t, {**h, "version": "2"}),
         "format": (t, {**h, "format": "compsrt-calibrated"}),
         "arch": (t, {**h, "arch": "mambairv2-light"}),
-        "heads0": (t, {**h, "swinir": {**h["swinir"], "num_heads": [0]}}),
-        "dim_neg": (t, {**h, "swinir": {**h["swinir"], "embed_dim": -20}}),
-        "window_huge": (t, {**h, "swinir": {**h["swinir"], "window_size": 1 << 20}}),
-        "depth_huge": (t, {**h, "swinir": {**h["swinir"], "depths": [1 << 30]}}),
-        "scale7": (t, {**h, "swinir": {**h["swinir"], "scale": 7}}),
+        "heads0": (t, {**h, "model": {**h["model"], "num_heads": [0]}}),
+        "dim_neg": (t, {**h, "model": {**h["model"], "embed_dim": -20}}),
+        "window_huge": (t, {**h, "model": {**h["model"], "window_size": 1 << 20}}),
+        "depth_huge": (t, {**h, "model": {**h["model"], "depths": [1 << 30]}}),
+        "scale7": (t, {**h, "model": {**h["model"], "scale": 7}}),
         "quant_missing": (t, {k: v for k, v in h.items() if k != "quant"}),
         "rotation_official": (t, {**h, "quant": {**h["quant"], "rotation": "official"}}),
         "fp_dtype": (t, {**h, "fp_dtype": "fp8"}),
-        "swinir_list": (t, {**h, "swinir": [1, 2]}),
+        "model_list": (t, {**h, "model": [1, 2]}),
     }
     for name, (tt, hh) in variants.items():
         p = tmp_path / f"{name}.safetensors"
