@@ -44,7 +44,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import CompsrtError
 from ..kernels.selective_scan import selective_scan
-from .swinir import relative_position_index, shift_mask, window_partition
+from .swinir import Attend, relative_position_index, shift_mask, window_partition
 from .weights import load_into, read_state_dict
 
 ROUTING_MODES = ("seeded", "argmax")
@@ -152,7 +152,13 @@ class _Windows:
 
 
 class WindowAttention(nn.Module):
-    """Multi-head self-attention in windows; q, k, v come in precomputed (the layer's ``wqkv``)."""
+    """Multi-head self-attention in windows; q, k, v come in precomputed (the layer's ``wqkv``).
+
+    ``attend`` is the attention site a quantization plan may swap (compsrt/quant/plan.py, layer
+    set "full"): the FP :class:`~compsrt.model.swinir.Attend` runs as scaled_dot_product_attention
+    below (interior and border windows apart); a swapped one is called once with q, k, v as
+    (B, nW, heads, N, d) and the position bias plus shift mask as (nW, heads, N, N).
+    """
 
     def __init__(self, dim: int, ws: int, heads: int) -> None:
         super().__init__()
@@ -162,6 +168,7 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.empty((2 * ws - 1) ** 2, heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.proj = nn.Linear(dim, dim)
+        self.attend = Attend()
 
     def position_bias(self, rpi: Tensor) -> Tensor:
         """(1, heads, N, N) bias gathered from the table with the (N, N) index ``rpi``."""
@@ -175,6 +182,15 @@ class WindowAttention(nn.Module):
         c = c3 // 3
         q, k, v = qkv.view(b_, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         bias = self.position_bias(rpi).to(q.dtype)
+        if not isinstance(self.attend, Attend):   # a quantized site: one call over every window
+            n_w = 1 if win is None else win.n_windows
+            if win is not None and len(win.border):
+                full = bias.expand(n_w, -1, -1, -1).clone()
+                full[win.border] += win.border_mask.to(q.dtype)
+                bias = full
+            shape5 = (b_ // n_w, n_w, self.heads, n, self.head_dim)
+            out = self.attend(q.reshape(shape5), k.reshape(shape5), v.reshape(shape5), bias, self.scale)
+            return self.proj(out.reshape(b_, self.heads, n, self.head_dim).transpose(1, 2).reshape(b_, n, c))
         # A 4-d additive mask keeps CPU SDPA on its fused path (a 3-d one is ~4x slower).
         if win is None or len(win.border) == 0:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
@@ -255,7 +271,9 @@ class ASSM(nn.Module):
         self.selectiveScan = SelectiveScan(dim, cfg.d_state, cfg.dt_rank)
         self.out_norm = nn.LayerNorm(dim)
         self.out_proj = nn.Linear(dim, dim)
-        self.in_proj = nn.Sequential(nn.Conv2d(dim, dim, 1))
+        # Officially a 1x1 Conv2d; here the same map as a Linear on the tokens (its (C, C, 1, 1)
+        # weight is loaded squeezed, load_mambairv2), so that it can be quantized like any Linear.
+        self.in_proj = nn.Sequential(nn.Linear(dim, dim))
         self.CPE = nn.Sequential(nn.Conv2d(dim, dim, 3, 1, 1, groups=dim))
         self.embeddingB = nn.Embedding(cfg.num_tokens, cfg.inner_rank)
         nn.init.uniform_(self.embeddingB.weight, -1 / cfg.num_tokens, 1 / cfg.num_tokens)
@@ -285,7 +303,7 @@ class ASSM(nn.Module):
         table = self.embeddingB.weight @ embedding_a                            # (num_tokens, N)
         k, prompt = self.classify(u, table, noise)
         order = torch.argsort(k, dim=-1, stable=True)                           # raster order within a class
-        z = self.in_proj(to_image(u, hw))
+        z = to_image(self.in_proj(u), hw)
         z = to_tokens(z * torch.sigmoid(self.CPE(z)))
         idx = order[..., None].expand(b, n_tok, c)
         xs = torch.gather(z, 1, idx)
@@ -468,6 +486,13 @@ class MambaIRv2Light(nn.Module):
         return x[:, :, : h * s, : w * s]
 
 
+def official_to_model(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official tensors -> this model's: the 1x1 conv ``assm.in_proj.0.weight`` (C, C, 1, 1) becomes
+    the Linear weight (C, C) it equals."""
+    return {k: v[:, :, 0, 0] if k.endswith("assm.in_proj.0.weight") and v.dim() == 4 and v.shape[2:] == (1, 1)
+            else v for k, v in sd.items()}
+
+
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.residual_group\.layers\.(\d+)\.")
 
 
@@ -544,7 +569,7 @@ def load_mambairv2(path: Path, scale: int | None = None, routing: str = "seeded"
     """
     if routing not in ROUTING_MODES:
         raise ValueError(f"routing must be one of {ROUTING_MODES}, got {routing!r}")
-    sd = read_state_dict(Path(path))
+    sd = official_to_model(read_state_dict(Path(path)))
     cfg = infer_mambairv2_config(sd, str(path))
     if scale is not None and cfg.scale != scale:
         raise CompsrtError(f"{path}: these are x{cfg.scale} weights but --scale {scale} was asked; "

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import CompsrtError
 from ..state import file_sha256
-from .mambairv2 import MambaIRv2Config, MambaIRv2Light, infer_mambairv2_config
+from .mambairv2 import MambaIRv2Config, MambaIRv2Light, infer_mambairv2_config, official_to_model
 from .swinir import relative_position_index
 from .weights import load_into, save_state_dict
 
@@ -83,8 +83,10 @@ def read_pdparams(path: Path) -> dict[str, np.ndarray]:
 
 
 def linear_weight_keys(model: nn.Module) -> set[str]:
-    """State-dict keys of every nn.Linear weight: the tensors Paddle stores transposed."""
-    return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    """State-dict keys of every official nn.Linear weight: the tensors Paddle stores transposed
+    (``assm.in_proj.0``, a Linear here, is a 1x1 conv in the official files: not transposed)."""
+    return {f"{name}.weight" for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not name.endswith("assm.in_proj.0")}
 
 
 def convert(arrays: dict[str, np.ndarray], source: str) -> tuple[MambaIRv2Light, dict[str, Tensor]]:
@@ -101,7 +103,7 @@ def convert(arrays: dict[str, np.ndarray], source: str) -> tuple[MambaIRv2Light,
     if missing_linear:
         raise CompsrtError(f"{source}: missing Linear weights, e.g. {missing_linear[:3]}")
     sd = {k: (v.t().contiguous() if k in linear else v).float() for k, v in sd.items()}
-    load_into(model, sd, source)
+    load_into(model, official_to_model(sd), source)
     n_params = sum(v.numel() for v in sd.values())
     official = cfg == MambaIRv2Config(scale=cfg.scale)
     if official and n_params != PARAM_COUNTS[cfg.scale]:
@@ -123,7 +125,7 @@ def convert_file(src: Path, dst: Path, check_sha: bool = True) -> MambaIRv2Light
     if check_sha and digest not in KNOWN_SHA256:
         raise CompsrtError(f"{src}: sha256 {digest} is not one of the official MambaIRv2-light files "
                            "(their sums are listed in docs/mambairv2.md); pass --any-sha to convert it anyway")
-    model, _ = convert(read_pdparams(src), str(src))
+    model, sd = convert(read_pdparams(src), str(src))
     if digest in KNOWN_SHA256 and KNOWN_SHA256[digest] != model.cfg.scale:
         raise CompsrtError(f"{src}: the file with this sha256 is x{KNOWN_SHA256[digest]}, its tensors say x{model.cfg.scale}")
     meta = {
@@ -134,7 +136,7 @@ def convert_file(src: Path, dst: Path, check_sha: bool = True) -> MambaIRv2Light
         "license": "Apache-2.0 (official MambaIRv2 weights, Guo et al.)",
         "converted_by": "compsrt.model.paddle_convert",
     }
-    save_state_dict(model, dst, metadata=meta)
+    save_state_dict(model, dst, metadata=meta, tensors=sd)   # the official layout (in_proj as a 1x1 conv)
     return model.eval()
 
 

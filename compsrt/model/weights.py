@@ -128,12 +128,14 @@ def load_swinir(path: Path, scale: int | None = None) -> SwinIRLight:
     return model.eval()
 
 
-def save_state_dict(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write the model's learned tensors as fp32 safetensors, atomically."""
+def save_state_dict(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None,
+                    tensors: dict[str, Tensor] | None = None) -> None:
+    """Write the model's learned tensors (or ``tensors``, e.g. in an official layout) as fp32
+    safetensors, atomically."""
     from safetensors.torch import save_file
 
     from ..io import atomic_path
 
-    sd = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().float().contiguous().cpu() for k, v in (tensors or model.state_dict()).items()}
     with atomic_path(Path(path)) as tmp:
         save_file(sd, str(tmp), metadata=metadata)

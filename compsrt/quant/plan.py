@@ -43,7 +43,7 @@ from ..model.swinir import SwinIRLight
 PLAN_VERSION = 1
 
 # architecture -> its layer sets, the default first
-LAYER_SETS = {"swinir-light": ("full",), "mambairv2-light": ("official",)}
+LAYER_SETS = {"swinir-light": ("full",), "mambairv2-light": ("official", "full")}
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,12 @@ def mambairv2_plan(model: MambaIRv2Light, layers: str = "official") -> QuantPlan
     AttentiveLayer, wqkv (3 splits: q, k, v), win_mhsa.proj, both GatedMLPs' fc1 and fc2, the ASSM's
     out_proj and its router's two Linears (weight and input quantizers), and the scan's
     x_proj_weight and dt_projs_weight (weight-only). The attention products, the scan, in_proj,
-    convs, norms, biases, embeddings and the routing stay FP."""
-    linears, weights = [], []
+    convs, norms, biases, embeddings and the routing stay FP.
+
+    Layer set "full": "official" plus the window attention's two products (q k^T over the head
+    dim, attn v over the window's 256 tokens, as SwinIR-light's) and the ASSM's in_proj (a 1x1
+    conv officially, a Linear on the tokens here); the selective scan stays FP."""
+    linears, weights, attentions = [], [], []
     for i, block in enumerate(model.layers):
         for j, _ in enumerate(block.residual_group.layers):
             lay = f"layers.{i}.residual_group.layers.{j}"
@@ -103,7 +107,10 @@ def mambairv2_plan(model: MambaIRv2Light, layers: str = "official") -> QuantPlan
                         LinearSite(f"{lay}.assm.route.2")]
             weights += [WeightSite(f"{lay}.assm.selectiveScan", "x_proj_weight"),
                         WeightSite(f"{lay}.assm.selectiveScan", "dt_projs_weight")]
-    return QuantPlan("mambairv2-light", tuple(linears), (), tuple(weights), layers)
+            if layers == "full":
+                linears.append(LinearSite(f"{lay}.assm.in_proj.0"))
+                attentions.append(AttentionSite(f"{lay}.win_mhsa.attend"))
+    return QuantPlan("mambairv2-light", tuple(linears), tuple(attentions), tuple(weights), layers)
 
 
 def check_layers(arch: str, layers: str) -> str:
