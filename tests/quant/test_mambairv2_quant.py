@@ -6,8 +6,10 @@ import copy
 import math
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from compsrt.calib.dobi import dobi
@@ -192,3 +194,53 @@ def test_official_in_proj_conv_weights_load_as_the_linear():
     sd = {k: (v[:, :, None, None] if k.endswith("assm.in_proj.0.weight") else v) for k, v in fp.state_dict().items()}
     back = official_to_model(sd)
     assert all(torch.equal(back[k], v) for k, v in fp.state_dict().items())
+
+
+def test_calib_cli_calibrates_and_packs_mambairv2_and_infer_and_eval_run_it(tmp_path, capsys):
+    """python -m compsrt.calib --arch mambairv2-light end to end on a tiny model: the packed file
+    runs in compsrt-infer and compsrt.eval with --arch mambairv2-light; bad --layers is one line."""
+    import json
+
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from compsrt.calib.__main__ import main as calib
+    from compsrt.cli import main as infer
+    from compsrt.eval import main as evaluate
+
+    def smooth_images(n: int, size: int, seed: int) -> list[np.ndarray]:
+        g = torch.Generator().manual_seed(seed)
+        low = torch.rand(n, 3, size // 8, size // 8, generator=g)
+        return [(F.interpolate(low, size=(size, size), mode="bicubic").clamp(0, 1)[i].permute(1, 2, 0) * 255)
+                .round().byte().numpy() for i in range(n)]
+
+    weights, data = tmp_path / "tiny.safetensors", tmp_path / "imgs"
+    save_file({k: v.contiguous() for k, v in _fp().state_dict().items()}, str(weights))
+    data.mkdir()
+    for i, p in enumerate(smooth_images(3, 160, 21)):
+        Image.fromarray(p).save(data / f"{i}.png")
+    out = tmp_path / "c"
+    common = ["--arch", "mambairv2-light", "--scale", "2", "--weights", str(weights), "--data", str(data),
+              "--val-images", "1", "--iters", "2", "--batch", "1", "--calib-batch", "2", "--val-every", "1", "--quiet"]
+    assert calib([*common, "--bits", "2", "--layers", "full", "--out", str(out)]) == 0
+    h = read_packed(out / "model.safetensors").header
+    assert h["arch"] == "mambairv2-light" and h["layers"] == "full" and h["provenance"]["arch"] == "mambairv2-light"
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["layers"] == "full" and report["config"]["arch"] == "mambairv2-light"
+    capsys.readouterr()
+    assert calib(["--scale", "2", "--layers", "official", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not exist for swinir-light" in err
+    src = tmp_path / "in.png"
+    Image.fromarray(smooth_images(1, 20, 9)[0]).save(src)
+    assert infer([str(src), str(tmp_path / "o.png"), "--arch", "mambairv2-light", "--weights",
+                  str(out / "model.safetensors"), "--quiet"]) == 0
+    assert Image.open(tmp_path / "o.png").size == (40, 40)
+    bench = tmp_path / "bench" / "Tiny"
+    (bench / "HR").mkdir(parents=True)
+    for i, p in enumerate(smooth_images(2, 48, 5)):
+        Image.fromarray(p).save(bench / "HR" / f"{i}.png")
+    assert evaluate(["--arch", "mambairv2-light", "--scale", "2", "--weights", str(out / "model.safetensors"),
+                     "--data", str(tmp_path / "bench"), "--sets", "Tiny", "--json", str(tmp_path / "e.json"),
+                     "--quiet"]) == 0
+    assert "| model.safetensors | Tiny |" in capsys.readouterr().out
