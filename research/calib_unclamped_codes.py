@@ -1,7 +1,8 @@
 """The official quantizer's unclamped codes: how many levels a "2-bit" CompSRT model then uses.
 
     python research/calib_unclamped_codes.py [--bits 2] [--method compsrt] [--out C]
-        [--eval-data B --sets Set5 Set14 B100] [--weights W] [--data D ...] [--iters 100] [--quiet]
+        [--eval-data B --sets Set5 Set14 B100] [--arch swinir-light|mambairv2-light] [--scale 2]
+        [--layers L] [--weights W] [--data D ...] [--iters 100] [--quiet]
 
 The official code rounds (clip(x, l, u) - Z) / s and never clamps the code to [0, 2^b - 1]
 (docs/method_notes.md). Its step extra s2 shrinks the step s = (u - l) / qmax + s2 while the
@@ -22,7 +23,7 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -34,8 +35,9 @@ from compsrt.calib.methods import METHODS, method_config
 from compsrt.config import CalibConfig
 from compsrt.data import load_training_pairs, split_holdout
 from compsrt.kernels.fake_quant import step_and_zero
-from compsrt.load import load_model
+from compsrt.load import ARCHS, load_model
 from compsrt.quant.compress import compress_, overriding, save_calibrated
+from compsrt.quant.plan import check_layers
 from compsrt.quant.qmodules import Quantizer, quantizers
 
 
@@ -86,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="folder for calibrated.safetensors and report.json")
     p.add_argument("--eval-data", type=Path, help="benchmark folder to evaluate on, codes unclamped")
     p.add_argument("--sets", nargs="+", default=["Set5"])
-    p.add_argument("--weights", type=Path, help="FP x2 weights (default: the bundled ones)")
+    p.add_argument("--arch", choices=ARCHS, default="swinir-light")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=2)
+    p.add_argument("--layers", default="", help="the layer set (compsrt/quant/plan.py; default: the arch's)")
+    p.add_argument("--weights", type=Path, help="FP weights (default: the bundled ones of --arch and --scale)")
     p.add_argument("--data", type=Path, nargs="+", help="training images (default: the bundled calibration crops)")
     p.add_argument("--val-images", type=int, default=3, help="training images held out for keep-best (the CLI's)")
     for name in ("iters", "batch", "calib_batch", "patch", "val_every", "val_patches"):
@@ -95,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = CalibConfig(iters=a.iters, batch=a.batch, calib_batch=a.calib_batch, patch=a.patch, val_every=a.val_every,
                       val_patches=a.val_patches)
-    fp = load_model(a.weights, 2)
-    pairs = [x for x in load_training_pairs(a.data or [bundled_calib_images()], 2, progress=not a.quiet)
+    fp = load_model(a.weights, a.scale, arch=a.arch)
+    pairs = [x for x in load_training_pairs(a.data or [bundled_calib_images()], a.scale, progress=not a.quiet)
              if min(x.lr.shape[:2]) >= cfg.patch]
     train, val = split_holdout(pairs, a.val_images)
-    quant = method_config(a.method, a.bits)
+    quant = replace(method_config(a.method, a.bits), layers=check_layers(a.arch, a.layers))
     student = compress_(copy.deepcopy(fp), quant)
     with overriding(student, unclamped):
         model, rep = calibrate(fp, train, val, quant, cfg, progress=not a.quiet, student=student)
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.eval_data:
             from compsrt.eval import evaluate, markdown_table
 
-            results = evaluate(model, a.eval_data, a.sets, 2, progress=not a.quiet)
+            results = evaluate(model, a.eval_data, a.sets, a.scale, progress=not a.quiet)
             print(markdown_table(results, f"{a.method} W{a.bits}, unclamped codes"))
             summary["eval"] = {k: {"psnr_db": r["psnr_db"], "ssim": r["ssim"]} for k, r in results.items()}
     if a.out:

@@ -19,12 +19,17 @@ METHODS: dict[str, dict] = {
 
 
 def method_config(name: str, bits: int, official_rotation: bool = False, rotate: str = "both",
-                  prune: float = 0.0, prune_mode: str = "unstructured") -> QuantConfig:
+                  prune: float = 0.0, prune_mode: str = "unstructured", exact_dc: bool | None = None,
+                  row_mean: bool = False) -> QuantConfig:
     """The QuantConfig of a named method, optionally in the official rotate-back mode.
 
     ``rotate="weights"`` (rotate weights, not activations: Figure 6) exists only in the
     official mode, where each operand is rotated back on its own; in the deployable mode a
     product is only correct if both operands are rotated.
+
+    ``exact_dc`` (None = the default, on) keeps or quantizes the rotated DC coefficient: only
+    with the deployable rotation. ``row_mean`` keeps each operand row's mean in FP: only for
+    the methods without rotation (QuantConfig.row_mean). Either elsewhere is a ValueError.
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
@@ -36,4 +41,15 @@ def method_config(name: str, bits: int, official_rotation: bool = False, rotate:
     cfg = QuantConfig(bits=bits, prune=prune, prune_mode=prune_mode, **METHODS[name])
     if official_rotation and cfg.rotation != "none":
         cfg = replace(cfg, rotation="official", rotate_acts=rotate == "both")
+    if exact_dc is not None:
+        if cfg.rotation != "deploy":
+            raise ValueError(f"--exact-dc/--no-exact-dc needs the deployable rotation; method {name}"
+                             + (" with --official-rotation" if official_rotation else "")
+                             + " has none (use compsrt, rotation-only or tuning-only without --official-rotation)")
+        cfg = replace(cfg, exact_dc=exact_dc)
+    if row_mean:
+        if cfg.rotation != "none":
+            raise ValueError(f"--row-mean needs a method without rotation (2dquant, decomposition-only); "
+                             f"method {name} rotates (its exact DC is the rotated counterpart: --exact-dc)")
+        cfg = replace(cfg, row_mean=True)
     return cfg

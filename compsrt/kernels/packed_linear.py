@@ -13,6 +13,17 @@ rest is folded at load time into ``alpha = sx sw``, ``beta = sx zw`` and one vec
 ``c0 = zx sw rowsum(Mk*qw) + zx zw rowsum(Mk) + bias``. When the mask is trivial (no pruning),
 ``acc_m`` is the activation codes' row sum (column 0's code is 0 with the exact DC). int32
 cannot overflow: K <= 128 and codes <= 15.
+
+With the row mean instead (rotation "none", ``QuantConfig.row_mean``) each operand row is
+``m 1^T + Q(c)`` with an FP mean m (the weight's stored as sqrt(n) m, like a DC coefficient),
+and Q(c) no longer sums to zero, so the product of the fake-quantized operands is::
+
+    Q(c_x) (Mk*Q(c_w))^T + m_x (n m_w + rowsum(Mk*Q(c_w)))^T + (sx sum(qx) + zx n) m_w^T
+
+The first term is the formula above without the DC; the second is its DC term with
+``dc_x = m_x`` and ``dc_w = n m_w + sw rowsum(Mk*qw) + zw rowsum(Mk)`` (a per-output constant
+folded at load); of the third, ``zx n m_w`` folds into ``c0`` and ``sx sum(qx) m_w^T`` is one more
+rank-1 term from the activation codes' row sum (:func:`code_sum_term`).
 """
 from __future__ import annotations
 
@@ -57,6 +68,12 @@ def linear_epilogue_ref(acc_w: Tensor, acc_m: Tensor, alpha: float, beta: float,
     if dc_x is not None:
         y = y + dc_x.reshape(-1, 1) * dc_w.reshape(1, -1)
     return y
+
+
+def code_sum_term(qx: Tensor, g: Tensor) -> Tensor:
+    """fp32 (M, N) ``sum(qx) g^T``: the row-mean epilogue's term ``sx sum(qx) m_w^T`` with
+    ``g = sx m_w`` (N,); qx int8 (M, K) activation codes (their row sum is exact in int32)."""
+    return qx.sum(-1, keepdim=True, dtype=torch.int32).float() * g.reshape(1, -1)
 
 
 def packed_matmul_ref(qx: Tensor, w_planes: Tensor, m_planes: Tensor | None, bits: int) -> tuple[Tensor, Tensor]:

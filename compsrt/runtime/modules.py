@@ -7,6 +7,11 @@ applied in an fp32 epilogue (:mod:`compsrt.kernels.packed_linear`). :class:`Pack
 replaces an attention site (:mod:`compsrt.kernels.window_attention_int`). Neither holds a
 float tensor shaped like a weight: only int8 codes (unpacked once, at load), int32 bit-planes
 for the GPU kernel, and per-row / per-tensor fp32 vectors.
+
+Row-mean models (``QuantConfig.row_mean``, rotation "none") run on the PyTorch path: their
+activation quantizer subtracts each row's mean first, which the fused C++ CPU kernels
+(csrc/cpu_kernels.cpp) and the CUDA / Triton kernels do not do, so those are skipped for them
+(on CUDA the linear product is ``torch._int_mm``, the attention the PyTorch reference).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from ..kernels import cpu_kernels
 from ..kernels.bitpack import pack_bits
 from ..kernels.hadamard import hadamard_ref
 from ..kernels.hadamard_quant import hadamard_quant, quantize_ref
-from ..kernels.packed_linear import linear_int8, packed_linear
+from ..kernels.packed_linear import code_sum_term, linear_int8, packed_linear
 from ..kernels.quant_step import step_and_zero
 from ..kernels.window_attention_int import window_attention_int
 
@@ -41,19 +46,25 @@ class PackedLinear(nn.Module):
         n: the contraction width of the codes (next_pow2(C) rotated, C with rotation "none").
         codes: uint8 (rows, n - dc) weight codes, pruned ones 0.
         mask: bool (rows, n - dc) keep-mask, or None (all kept).
-        dc_w: (rows,) the FP exact-DC weight column, or None.
+        dc_w: (rows,) the FP exact-DC weight column, or with ``row_mean`` sqrt(n) x the weight's
+            row means; None without either.
         w_raw, a_raw: (splits, 4) stored ``[l, u, s2, z2]`` of the weight and input quantizers.
         bias: (rows,) FP bias.
         bits: 2, 3 or 4.
         rotate: rotate the input (rotation "deploy").
+        row_mean: both operands are ``row mean + Q(centred rest)`` (QuantConfig.row_mean; not
+            with ``rotate``); runs the PyTorch path (the fused CPU and the CUDA kernels skipped).
     """
 
     def __init__(self, in_features: int, n: int, codes: Tensor, mask: Tensor | None, dc_w: Tensor | None,
-                 w_raw: Tensor, a_raw: Tensor, bias: Tensor, bits: int, rotate: bool) -> None:
+                 w_raw: Tensor, a_raw: Tensor, bias: Tensor, bits: int, rotate: bool, row_mean: bool = False) -> None:
         super().__init__()
         rows, cols = codes.shape
         splits = w_raw.shape[0]
+        if row_mean and (rotate or dc_w is None or cols != n):
+            raise ValueError("row_mean needs rotate=False, the weight's row means (dc_w) and codes for all n columns")
         self.in_features, self.n, self.bits, self.rotate, self.splits = in_features, n, bits, rotate, splits
+        self.row_mean = row_mean
         self.dc = n - cols
         self.k_store = -(-n // 32) * 32                      # codes padded to whole 32-code words
         self.out_features = rows
@@ -76,7 +87,15 @@ class PackedLinear(nn.Module):
                              persistent=False)
         self.register_buffer("alpha", sx * sw, persistent=False)
         self.register_buffer("beta", sx * zw, persistent=False)
-        self.register_buffer("c0", rep(zx * sw) * wsum + rep(zx * zw) * msum + bias.float(), persistent=False)
+        c0 = rep(zx * sw) * wsum + rep(zx * zw) * msum + bias.float()
+        rm_g = None
+        if row_mean:   # docs of compsrt.kernels.packed_linear: the row-mean epilogue
+            m_w = dc_w.float() / n ** 0.5
+            c0 = c0 + rep(zx) * n * m_w
+            dc_w = n * m_w + rep(sw) * wsum + rep(zw) * msum   # n m_w + rowsum(Mk*Q(c_w)), the DC term's column
+            rm_g = rep(sx) * m_w
+        self.register_buffer("c0", c0, persistent=False)
+        self.register_buffer("rm_g", rm_g, persistent=False)
         self.register_buffer("a_qp", a_rt, persistent=False)
         self.register_buffer("dc_w", None if dc_w is None else dc_w.float(), persistent=False)
         self.use_cuda_kernel = False   # set by the loader when the csrc library is available
@@ -85,12 +104,17 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, n={self.n}, bits={self.bits}, "
-                f"splits={self.splits}, rotate={self.rotate}, exact_dc={bool(self.dc)}, pruned={not self.trivial_mask}")
+                f"splits={self.splits}, rotate={self.rotate}, exact_dc={bool(self.dc)}, row_mean={self.row_mean}, "
+                f"pruned={not self.trivial_mask}")
 
     def activation_codes(self, x: Tensor, r: Tensor | None, i: int) -> tuple[Tensor, Tensor | None]:
         """int8 (M, k_store) codes of the flat input ``x`` (its rotation ``r``, or None on CUDA) for
-        split i, and the FP DC (M, 1) or None: the PyTorch / Triton path's activation quantizer."""
-        if x.is_cuda and self.rotate:
+        split i, and the FP DC (M, 1) (with ``row_mean``: the rows' means) or None: the PyTorch /
+        Triton path's activation quantizer."""
+        if self.row_mean:
+            m = x.mean(-1, keepdim=True)
+            q, dc = quantize_ref(x - m, self.a_qp[i], self.bits), m
+        elif x.is_cuda and self.rotate:
             q, dc = hadamard_quant(x, self.a_qp[i], self.bits, -1, bool(self.dc))
         else:
             t = r if self.rotate else x
@@ -130,8 +154,8 @@ class PackedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features).float()
-        if (x.device.type == "cpu" and cpu_kernels.linear_supported(self.n, self.out_features // self.splits)
-                and cpu_kernels.available()):
+        if (x.device.type == "cpu" and not self.row_mean
+                and cpu_kernels.linear_supported(self.n, self.out_features // self.splits) and cpu_kernels.available()):
             return self._forward_cpu(x).reshape(*lead, self.out_features)
         # The splits read the same input: rotate it once (on CUDA the fused kernel rotates per split).
         r = hadamard_ref(x, -1) if self.rotate and not x.is_cuda else None
@@ -141,30 +165,38 @@ class PackedLinear(nn.Module):
             q, dc = self.activation_codes(x, r, i)
             rows = slice(i * per, (i + 1) * per)
             dc_w = None if self.dc_w is None else self.dc_w[rows]
-            if self.use_cuda_kernel and x.is_cuda:
+            if self.use_cuda_kernel and x.is_cuda and not self.row_mean:
                 mp = None if self.m_planes is None else self.m_planes[rows]
                 y = packed_linear(q, self.w_planes[rows], mp, self.bits, self.alpha_f[i], self.beta_f[i],
                                   self.c0[rows], dc, dc_w)
             else:
                 y = linear_int8(q, self.w_t[i], per, self.alpha[i], self.beta[i], self.c0[rows], dc, dc_w)
+            if self.row_mean:
+                y = y + code_sum_term(q, self.rm_g[rows])
             outs.append(y)
         y = outs[0] if self.splits == 1 else torch.cat(outs, -1)
         return y.reshape(*lead, self.out_features)
 
 
 class PackedAttend(nn.Module):
-    """softmax(Q(q s) Q(k)^T + bias) -> Q(attn) Q(v) on integer codes (see window_attention_int)."""
+    """softmax(Q(q s) Q(k)^T + bias) -> Q(attn) Q(v) on integer codes (see window_attention_int).
 
-    def __init__(self, raw: Tensor, bits: int, keep_dc: bool, rotate: bool) -> None:
+    ``row_mean`` (QuantConfig.row_mean, not with ``rotate``) runs the PyTorch reference: the fused
+    CPU kernel does not subtract the rows' means."""
+
+    def __init__(self, raw: Tensor, bits: int, keep_dc: bool, rotate: bool, row_mean: bool = False) -> None:
         super().__init__()
-        self.bits, self.keep_dc, self.rotate = bits, keep_dc, rotate
+        if row_mean and rotate:
+            raise ValueError("row_mean needs rotate=False")
+        self.bits, self.keep_dc, self.rotate, self.row_mean = bits, keep_dc, rotate, row_mean
         self.register_buffer("qp", runtime_params(raw, bits), persistent=False)   # rows q, k, attn, v
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, rotate={self.rotate}, exact_dc={self.keep_dc}"
+        return f"bits={self.bits}, rotate={self.rotate}, exact_dc={self.keep_dc}, row_mean={self.row_mean}"
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
-        if q.device.type == "cpu" and cpu_kernels.attention_supported(q) and cpu_kernels.available():
+        if (q.device.type == "cpu" and not self.row_mean and cpu_kernels.attention_supported(q)
+                and cpu_kernels.available()):
             # Fused CPU kernel; its 5-d output lies in memory as (B, nW, N, heads, d), so the
             # caller's transpose back to (B * nW, N, C) is a view.
             q, k, v, bias = (t.float() for t in (q, k, v, bias))
@@ -174,4 +206,4 @@ class PackedAttend(nn.Module):
             return cpu_kernels.window_attention_int_cpu(q, k, v, bias, scale, self.qp, self.bits, self.keep_dc,
                                                         self.rotate)
         return window_attention_int(q.float(), k.float(), v.float(), bias.float(), scale, self.qp, self.bits,
-                                    self.keep_dc, self.rotate)
+                                    self.keep_dc, self.rotate, self.row_mean)

@@ -1,0 +1,116 @@
+"""The packed runtime of row-mean models (QuantConfig.row_mean) against the fake-quant model it came
+from: the same codes, and the row means' rank-1 terms in the epilogues, so the outputs agree up to
+float rounding (and codes on rounding ties). Row-mean layers run the PyTorch path."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import compsrt.kernels.packed_linear as packed_linear_mod
+import compsrt.kernels.window_attention_int as attention_mod
+from compsrt.config import QuantConfig
+from compsrt.kernels import cpu_kernels
+from compsrt.quant.compress import site_inputs
+from compsrt.quant.pack import pack_model, read_packed, save_packed
+from compsrt.runtime import PackedAttend, PackedLinear, load_packed
+
+CONFIGS = [QuantConfig(bits=4, rotation="none", decompose=False, row_mean=True),
+           QuantConfig(bits=2, rotation="none", row_mean=True),
+           QuantConfig(bits=3, rotation="none", decompose=False, row_mean=True, prune=0.4),
+           QuantConfig(bits=4, rotation="none", row_mean=True, prune=0.3, prune_mode="channel")]
+IDS = [f"w{c.bits}-s2{int(c.decompose)}-p{c.prune}-{c.prune_mode[:4]}" for c in CONFIGS]
+
+
+def _pair(make_calibrated, cfg, tmp_path, fp_dtype="fp32"):
+    m = make_calibrated(cfg)
+    t, h = pack_model(m, fp_dtype)
+    save_packed(t, h, tmp_path / "p.safetensors")
+    return m, load_packed(tmp_path / "p.safetensors")
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_each_site_matches_the_fake_quant_one_on_the_same_input(make_calibrated, cfg, tmp_path):
+    fake, rt = _pair(make_calibrated, cfg, tmp_path)
+    x = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(3))
+    rows_off = rows = 0
+    for name, args in site_inputs(fake, x).items():
+        with torch.no_grad():
+            want = fake.get_submodule(name)(*args)
+            got = rt.get_submodule(name)(*args)
+        off = (got - want).abs() > 1e-4 * (1 + want.abs())
+        rows_off += int(off.reshape(-1, want.shape[-1]).any(-1).sum())
+        rows += want.reshape(-1, want.shape[-1]).shape[0]
+    assert rows_off / rows < 2e-3, f"{rows_off} of {rows} output rows differ beyond float rounding"
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_whole_model_agrees_with_the_fake_quant_model(make_calibrated, cfg, tmp_path):
+    fake, rt = _pair(make_calibrated, cfg, tmp_path)
+    x = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        a, b = fake(x).clamp(0, 1), rt(x).clamp(0, 1)
+    mse = torch.mean((a - b) ** 2).item()
+    assert mse == 0 or 10 * torch.log10(torch.tensor(1 / mse)).item() > 60
+
+
+def test_the_row_means_matter(make_calibrated, tmp_path):
+    """The row-mean terms are large: the same codes and scales without them (a plain 2DQuant
+    epilogue) are far off the fake-quant layer, with them float-rounding close."""
+    fake, rt = _pair(make_calibrated, CONFIGS[0], tmp_path)
+    pm = read_packed(tmp_path / "p.safetensors")
+    grid = pm.grids[0]
+    (x,) = site_inputs(fake, torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5)))[grid.path]
+    w_raw, a_raw = pm.qparams[:grid.splits], pm.qparams[grid.splits:2 * grid.splits]
+    in_f = fake.get_submodule(grid.path).weight.shape[1]
+    plain = PackedLinear(in_f, grid.n, pm.codes[0], pm.masks[0], None, w_raw, a_raw, pm.fp[f"{grid.path}.bias"],
+                         pm.quant.bits, False)
+    with torch.no_grad():
+        want = fake.get_submodule(grid.path)(x)
+        err_with = (rt.get_submodule(grid.path)(x) - want).abs().max()
+        err_without = (plain(x - x.mean(-1, keepdim=True)) - want).abs().max()
+    assert err_without > 1000 * err_with
+
+
+def test_row_mean_layers_run_integer_products_on_the_pytorch_path(make_calibrated, tmp_path, monkeypatch):
+    """Every quantized product is still an int8 product; the fused CPU kernels (which do not
+    subtract the means) are never called, even where they are available."""
+    _, rt = _pair(make_calibrated, CONFIGS[2], tmp_path)
+    n_lin = sum(mod.splits for mod in rt.modules() if isinstance(mod, PackedLinear))
+    n_att = sum(1 for mod in rt.modules() if isinstance(mod, PackedAttend))
+    assert all(mod.row_mean for mod in rt.modules() if isinstance(mod, (PackedLinear, PackedAttend)))
+    calls = {"int_mm": 0, "int_bmm": 0}
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            assert a[0].dtype == torch.int8 and a[1].dtype == torch.int8
+            return fn(*a, **k)
+        return wrapped
+
+    def never(*a, **k):
+        raise AssertionError("a fused CPU kernel ran a row-mean layer")
+
+    monkeypatch.setattr(packed_linear_mod, "int_mm", counting("int_mm", packed_linear_mod.int_mm))
+    monkeypatch.setattr(attention_mod, "int_bmm", counting("int_bmm", attention_mod.int_bmm))
+    monkeypatch.setattr(cpu_kernels, "packed_linear_cpu", never)
+    monkeypatch.setattr(cpu_kernels, "window_attention_int_cpu", never)
+    monkeypatch.setattr(torch.nn.functional, "linear", never)
+    with torch.no_grad():
+        rt(torch.rand(1, 3, 16, 16))
+    assert calls == {"int_mm": n_lin, "int_bmm": 2 * n_att}
+
+
+def test_fp16_row_means_stay_close(make_calibrated, tmp_path):
+    fake, rt = _pair(make_calibrated, CONFIGS[0], tmp_path, "fp16")
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert (fake(x).clamp(0, 1) - rt(x).clamp(0, 1)).abs().max() < 0.02
+
+
+def test_row_mean_module_arguments_are_checked():
+    codes = torch.zeros(4, 8, dtype=torch.uint8)
+    raw = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="row_mean"):
+        PackedLinear(8, 8, codes, None, None, raw, raw, torch.zeros(4), 4, False, row_mean=True)
+    with pytest.raises(ValueError, match="row_mean"):
+        PackedAttend(torch.zeros(4, 4), 4, False, True, row_mean=True)
