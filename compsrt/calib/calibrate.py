@@ -27,7 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -175,6 +175,10 @@ def _load_state(path: Path, model, opt: ScalarAdam, run: dict) -> tuple[int, dic
         saved, iteration, old_report = meta["run"], int(meta["iteration"]), meta["report"]
     except (ValueError, KeyError, TypeError):
         raise CompsrtError(f"{path}: damaged {_STATE} (its header); {_START_AGAIN}") from None
+    # Fields added to the configs after a state was written take their defaults, as the run would have.
+    for part, cls in (("quant", QuantConfig), ("calib", CalibConfig)):
+        if isinstance(saved.get(part), dict):
+            saved[part] = {**{f.name: f.default for f in fields(cls) if f.name in run[part]}, **saved[part]}
     if saved != json.loads(json.dumps(run, sort_keys=True)):
         diff = sorted(f"{part}.{k}" for part in ("quant", "calib", "identity")
                       for k in set(saved.get(part, {})) | set(run.get(part, {}))

@@ -406,6 +406,37 @@ def test_resume_rejects_a_state_of_another_run(fp_model, tmp_path):
     assert rep.iters_done == 3
 
 
+def test_a_state_written_before_a_config_field_existed_still_resumes(fp_model, tmp_path):
+    """QuantConfig grew ``layers`` and ``row_mean``: a state saved without them is the same run."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    pairs = smooth_images(4, 64, 3)
+    cfg = CalibConfig(iters=2, batch=1, patch=16, calib_batch=1, val_every=2, val_patches=1)
+    state = tmp_path / "state.safetensors"
+    calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, state_path=state, progress=False)
+    with safe_open(str(state), "pt") as f:
+        meta = dict(f.metadata())
+    run = json.loads(meta["run"])
+    for k in ("layers", "row_mean"):
+        del run["quant"][k]
+    meta["run"] = json.dumps(run, sort_keys=True)
+    save_file(load_file(str(state)), str(state), metadata=meta)
+    _, rep = calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), CalibConfig(**{**cfg.__dict__, "iters": 3}),
+                       state_path=state, resume=True, progress=False)
+    assert rep.iters_done == 3
+    run["quant"]["bits"] = 2   # a real difference is still refused
+    meta["run"] = json.dumps(run, sort_keys=True)
+    save_file(load_file(str(state)), str(state), metadata=meta)
+    from compsrt.errors import CompsrtError
+
+    with pytest.raises(CompsrtError, match="quant.bits"):
+        calibrate(fp_model, pairs[1:], pairs[:1], QuantConfig(bits=3), cfg, state_path=state, resume=True,
+                  progress=False)
+
+
 @pytest.mark.parametrize("content", [b"", b"\x00" * 7, b"not a state at all", None])
 def test_a_damaged_state_is_a_one_line_error(fp_model, tmp_path, content):
     from compsrt.errors import CompsrtError
