@@ -34,6 +34,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -59,10 +60,14 @@ INL vf lanes_below(int n) {   // 1.0 in lanes < n, else 0.0
   return idx < splat(float(n)) ? splat(1.f) : splat(0.f);
 }
 
+#ifdef __AVX512F__
+INL __mmask16 first_lanes(int n) { return (__mmask16)((1u << n) - 1u); }  // lanes 0..n-1 (0 <= n <= 16)
+#endif
+
 // p[0..n) into lanes 0..n-1 (0 <= n <= 16), the other lanes 0; reads nothing beyond p[n - 1].
 INL vf load_n(const float* p, int n) {
 #ifdef __AVX512F__
-  return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+  return (vf)_mm512_maskz_loadu_ps(first_lanes(n), p);
 #else
   vf v = splat(0.f);
   for (int i = 0; i < n; ++i) v[i] = p[i];
@@ -70,19 +75,17 @@ INL vf load_n(const float* p, int n) {
 #endif
 }
 
-// Lanes 0..n-1 of v to p[0..n).
-INL void store_n(float* p, vf v, int n) {
+// Lanes 0..n-1 of v to p[0..n): fp32 lanes (vf) to a float*, int32 lanes (vi) to an int32_t*.
+template <typename T, typename V>
+INL void store_n(T* p, V v, int n) {
+  static_assert(std::is_same_v<V, std::conditional_t<std::is_same_v<T, float>, vf, vi>>,
+                "store_n: vf to a float*, vi to an int32_t*");
 #ifdef __AVX512F__
-  _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
-#else
-  for (int i = 0; i < n; ++i) p[i] = v[i];
-#endif
-}
-
-// Lanes 0..n-1 of an int32 vector to p[0..n).
-INL void store_ni(int32_t* p, vi v, int n) {
-#ifdef __AVX512F__
-  _mm512_mask_storeu_epi32(p, (__mmask16)((1u << n) - 1u), (__m512i)v);
+  if constexpr (std::is_same_v<T, float>) {
+    _mm512_mask_storeu_ps(p, first_lanes(n), (__m512)v);
+  } else {
+    _mm512_mask_storeu_epi32(p, first_lanes(n), (__m512i)v);
+  }
 #else
   for (int i = 0; i < n; ++i) p[i] = v[i];
 #endif
@@ -451,7 +454,7 @@ void attn_task(const float* qb, int64_t qts, const float* kb, int64_t kts, const
     store_n(S.sv + u * L, tot, cnt);
     for (int t = 0; t < N / 4; ++t) {
       vi w = pack4(cv[4 * t], cv[4 * t + 1], cv[4 * t + 2], cv[4 * t + 3]);
-      store_ni(&S.vpack[t][u * L], w, cnt);
+      store_n(&S.vpack[t][u * L], w, cnt);
     }
   }
 

@@ -13,8 +13,9 @@
 // and the fp32 epilogue  y = ((acc_w * alpha + acc_m * beta) + c0[n]) (+ dc_x[m] * dc_w[n]),
 // every operation rounded on its own (no FMA contraction), in the order of linear_epilogue_ref.
 //
-// Two implementations share the tiling (a block owns BN = 64 output columns, decodes their weight
-// and mask bit-planes once into shared memory, then loops over BM = 64-row tiles of qx):
+// Two implementations share the tiling and one kernel (a block owns BN = 64 output columns,
+// decodes their weight and mask bit-planes once into shared memory, then loops over BM = 64-row
+// tiles of qx):
 //   impl 1 (MMA, sm_80+): int8 tensor cores, mma.sync.m16n8k32.s32.s8.s8.s32 via inline PTX; each
 //          of the 4 warps owns 16 rows x 64 columns; the trivial mask's row sums come from one
 //          more MMA against an all-ones B fragment.
@@ -79,8 +80,11 @@ __device__ void decode_tile(const int32_t* __restrict__ planes, int R, int bits,
   }
 }
 
-// qx rows m0 .. m0 + BM - 1 into shared memory (row stride ld); rows past M are zero.
+// qx rows m0 .. m0 + BM - 1 into shared memory (row stride ld); rows past M are zero. Between two
+// barriers: the first waits until the block is done reading the previous tile (first pass: until
+// the weight decode is done), the second until the whole tile is loaded.
 __device__ void load_a_tile(const int8_t* __restrict__ qx, int M, int K, int m0, uint8_t* s, int ld) {
+  __syncthreads();
   const int vecs = K / 16;  // 16-byte vectors per row
   for (int i = threadIdx.x; i < BM * vecs; i += blockDim.x) {
     const int r = i / vecs, v = i % vecs;
@@ -89,6 +93,7 @@ __device__ void load_a_tile(const int8_t* __restrict__ qx, int M, int K, int m0,
     if (m < M) val = __ldg(reinterpret_cast<const int4*>(qx + (size_t)m * K) + v);
     *reinterpret_cast<int4*>(s + r * ld + v * 16) = val;
   }
+  __syncthreads();
 }
 
 // The block's epilogue columns (c0, dc_w) in shared memory; zero past N or when absent.
@@ -133,8 +138,28 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], 
 #endif
 }
 
-template <bool HAS_MASK>
-__global__ void __launch_bounds__(THREADS) packed_linear_mma_kernel(Params p) {
+// v[i] = the 4 codes kw .. kw + 3 of row r0 + STEP i of a shared-memory tile (row stride ld), i < N.
+template <int N, int STEP>
+__device__ __forceinline__ void lds_rows(int (&v)[N], const uint8_t* s, int r0, int ld, int kw) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = (int)lds32(s + (r0 + STEP * i) * ld + kw);
+}
+
+// acc[i][j] += a[i] . b[j] over their 4 bytes: the dp4a kernel's 8 x 4 outer product.
+__device__ __forceinline__ void dp4a_outer(int (&acc)[8][4], const int (&a)[8], const int (&b)[4]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = __dp4a(a[i], b[j], acc[i][j]);
+}
+
+// The packed linear kernel, IMPL 1 (MMA) or 2 (dp4a). A block owns BN output columns: it lays out
+// shared memory, decodes their weight (and mask) bit-planes and epilogue columns once, then runs
+// the implementation's loop over qx tiles. The two loops are branches of this one kernel, not
+// device functions: as functions (or with the layout in a struct) nvcc unrolls the MMA k-loop
+// differently and the machine code changes.
+template <bool HAS_MASK, int IMPL>
+__global__ void __launch_bounds__(THREADS) packed_linear_kernel(Params p) {
   extern __shared__ __align__(16) uint8_t smem[];
   const int ld = smem_ld(p.K);
   uint8_t* s_a = smem;                              // (BM, K) activation codes
@@ -149,119 +174,91 @@ __global__ void __launch_bounds__(THREADS) packed_linear_mma_kernel(Params p) {
   if constexpr (HAS_MASK) decode_tile(p.m_planes, p.N, 1, W, n0, s_m, ld);
   load_columns(p, n0, s_c0, s_dcw);
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int g = lane >> 2, t = lane & 3;
-  const int m_tiles = (p.M + BM - 1) / BM;
-  const uint8_t* a_lo = s_a + (warp * 16 + g) * ld + 4 * t;
-  const uint8_t* a_hi = a_lo + 8 * ld;
+  if constexpr (IMPL == 1) {  // each of the 4 warps owns 16 rows x 64 columns of a tile
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int m_tiles = (p.M + BM - 1) / BM;
+    const uint8_t* a_lo = s_a + (warp * 16 + g) * ld + 4 * t;
+    const uint8_t* a_hi = a_lo + 8 * ld;
 
-  for (int tile = blockIdx.y; tile < m_tiles; tile += gridDim.y) {
-    const int m0 = tile * BM;
-    __syncthreads();  // the previous tile's reads of s_a are done (first pass: the decode is)
-    load_a_tile(p.qx, p.M, p.K, m0, s_a, ld);
-    __syncthreads();
+    for (int tile = blockIdx.y; tile < m_tiles; tile += gridDim.y) {
+      const int m0 = tile * BM;
+      load_a_tile(p.qx, p.M, p.K, m0, s_a, ld);
 
-    int32_t acc_w[8][4] = {};
-    int32_t acc_m[HAS_MASK ? 8 : 1][4] = {};
-    for (int kk = 0; kk < p.K; kk += 32) {
-      const uint32_t a[4] = {lds32(a_lo + kk), lds32(a_hi + kk), lds32(a_lo + kk + 16), lds32(a_hi + kk + 16)};
+      int32_t acc_w[8][4] = {};
+      int32_t acc_m[HAS_MASK ? 8 : 1][4] = {};
+      for (int kk = 0; kk < p.K; kk += 32) {
+        const uint32_t a[4] = {lds32(a_lo + kk), lds32(a_hi + kk), lds32(a_lo + kk + 16), lds32(a_hi + kk + 16)};
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const uint8_t* bw = s_w + (j * 8 + g) * ld + kk + 4 * t;
-        mma_s8(acc_w[j], a, lds32(bw), lds32(bw + 16));
+        for (int j = 0; j < 8; ++j) {
+          const uint8_t* bw = s_w + (j * 8 + g) * ld + kk + 4 * t;
+          mma_s8(acc_w[j], a, lds32(bw), lds32(bw + 16));
+          if constexpr (HAS_MASK) {
+            const uint8_t* bm = s_m + (j * 8 + g) * ld + kk + 4 * t;
+            mma_s8(acc_m[j], a, lds32(bm), lds32(bm + 16));
+          }
+        }
+        if constexpr (!HAS_MASK) mma_s8(acc_m[0], a, 0x01010101u, 0x01010101u);  // row sums
+      }
+
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // h = 0: row g of the warp's 16; h = 1: row g + 8
+        const int row = m0 + warp * 16 + g + 8 * h;
+        if (row >= p.M) continue;
+        const float dcx = p.dc_x != nullptr ? p.dc_x[row] : 0.f;
+        const int32_t row_sum = acc_m[0][2 * h];  // trivial mask: every column holds the row sum
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int col = j * 8 + 2 * t + e;
+            if (n0 + col >= p.N) continue;
+            const int32_t am = HAS_MASK ? acc_m[HAS_MASK ? j : 0][2 * h + e] : row_sum;
+            store_out(p, row, n0 + col, acc_w[j][2 * h + e], am, dcx, s_c0[col], s_dcw[col], HAS_MASK);
+          }
+        }
+        if (!HAS_MASK && p.acc_m != nullptr && blockIdx.x == 0 && t == 0) p.acc_m[row] = row_sum;
+      }
+    }
+  } else {  // each thread owns 8 x 4 outputs of a tile: rows ty + 8 i (i < 8), cols tx + 16 j (j < 4)
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    const int m_tiles = (p.M + BM - 1) / BM;
+
+    for (int tile = blockIdx.y; tile < m_tiles; tile += gridDim.y) {
+      const int m0 = tile * BM;
+      load_a_tile(p.qx, p.M, p.K, m0, s_a, ld);
+
+      int acc_w[8][4] = {};
+      int acc_m[8][HAS_MASK ? 4 : 1] = {};
+      for (int kw = 0; kw < p.K; kw += 4) {
+        int a[8], b[4];
+        lds_rows<8, 8>(a, s_a, ty, ld, kw);
+        lds_rows<4, 16>(b, s_w, tx, ld, kw);
+        dp4a_outer(acc_w, a, b);
         if constexpr (HAS_MASK) {
-          const uint8_t* bm = s_m + (j * 8 + g) * ld + kk + 4 * t;
-          mma_s8(acc_m[j], a, lds32(bm), lds32(bm + 16));
+          int bm[4];
+          lds_rows<4, 16>(bm, s_m, tx, ld, kw);
+          dp4a_outer(acc_m, a, bm);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc_m[i][0] = __dp4a(a[i], 0x01010101, acc_m[i][0]);
         }
       }
-      if constexpr (!HAS_MASK) mma_s8(acc_m[0], a, 0x01010101u, 0x01010101u);  // row sums
-    }
 
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {  // h = 0: row g of the warp's 16; h = 1: row g + 8
-      const int row = m0 + warp * 16 + g + 8 * h;
-      if (row >= p.M) continue;
-      const float dcx = p.dc_x != nullptr ? p.dc_x[row] : 0.f;
-      const int32_t row_sum = acc_m[0][2 * h];  // trivial mask: every column holds the row sum
+      for (int i = 0; i < 8; ++i) {
+        const int row = m0 + ty + 8 * i;
+        if (row >= p.M) continue;
+        const float dcx = p.dc_x != nullptr ? p.dc_x[row] : 0.f;
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int col = j * 8 + 2 * t + e;
+        for (int j = 0; j < 4; ++j) {
+          const int col = tx + 16 * j;
           if (n0 + col >= p.N) continue;
-          const int32_t am = HAS_MASK ? acc_m[HAS_MASK ? j : 0][2 * h + e] : row_sum;
-          store_out(p, row, n0 + col, acc_w[j][2 * h + e], am, dcx, s_c0[col], s_dcw[col], HAS_MASK);
+          const int32_t am = acc_m[i][HAS_MASK ? j : 0];
+          store_out(p, row, n0 + col, acc_w[i][j], am, dcx, s_c0[col], s_dcw[col], HAS_MASK);
         }
+        if (!HAS_MASK && p.acc_m != nullptr && blockIdx.x == 0 && tx == 0) p.acc_m[row] = acc_m[i][0];
       }
-      if (!HAS_MASK && p.acc_m != nullptr && blockIdx.x == 0 && t == 0) p.acc_m[row] = row_sum;
-    }
-  }
-}
-
-template <bool HAS_MASK>
-__global__ void __launch_bounds__(THREADS) packed_linear_dp4a_kernel(Params p) {
-  extern __shared__ __align__(16) uint8_t smem[];
-  const int ld = smem_ld(p.K);
-  uint8_t* s_a = smem;
-  uint8_t* s_w = s_a + BM * ld;
-  uint8_t* s_m = s_w + BN * ld;
-  float* s_c0 = reinterpret_cast<float*>(s_m + (HAS_MASK ? BN * ld : 0));
-  float* s_dcw = s_c0 + BN;
-
-  const int n0 = blockIdx.x * BN;
-  const int W = p.K / 32;
-  decode_tile(p.w_planes, p.N, p.bits, W, n0, s_w, ld);
-  if constexpr (HAS_MASK) decode_tile(p.m_planes, p.N, 1, W, n0, s_m, ld);
-  load_columns(p, n0, s_c0, s_dcw);
-
-  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;  // rows ty + 8 i (i < 8), cols tx + 16 j (j < 4)
-  const int m_tiles = (p.M + BM - 1) / BM;
-
-  for (int tile = blockIdx.y; tile < m_tiles; tile += gridDim.y) {
-    const int m0 = tile * BM;
-    __syncthreads();
-    load_a_tile(p.qx, p.M, p.K, m0, s_a, ld);
-    __syncthreads();
-
-    int acc_w[8][4] = {};
-    int acc_m[8][HAS_MASK ? 4 : 1] = {};
-    for (int kw = 0; kw < p.K; kw += 4) {
-      int a[8], b[4];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) a[i] = (int)lds32(s_a + (ty + 8 * i) * ld + kw);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) b[j] = (int)lds32(s_w + (tx + 16 * j) * ld + kw);
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc_w[i][j] = __dp4a(a[i], b[j], acc_w[i][j]);
-      if constexpr (HAS_MASK) {
-        int bm[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) bm[j] = (int)lds32(s_m + (tx + 16 * j) * ld + kw);
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) acc_m[i][j] = __dp4a(a[i], bm[j], acc_m[i][j]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc_m[i][0] = __dp4a(a[i], 0x01010101, acc_m[i][0]);
-      }
-    }
-
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int row = m0 + ty + 8 * i;
-      if (row >= p.M) continue;
-      const float dcx = p.dc_x != nullptr ? p.dc_x[row] : 0.f;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int col = tx + 16 * j;
-        if (n0 + col >= p.N) continue;
-        const int32_t am = acc_m[i][HAS_MASK ? j : 0];
-        store_out(p, row, n0 + col, acc_w[i][j], am, dcx, s_c0[col], s_dcw[col], HAS_MASK);
-      }
-      if (!HAS_MASK && p.acc_m != nullptr && blockIdx.x == 0 && tx == 0) p.acc_m[row] = acc_m[i][0];
     }
   }
 }
@@ -350,10 +347,10 @@ int packed_linear_launch(const int8_t* qx, const int32_t* w_planes, const int32_
   const size_t smem = smem_bytes(K, has_mask);
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   if (impl == 1)
-    return has_mask ? launch_tiled(packed_linear_mma_kernel<true>, p, smem, s)
-                    : launch_tiled(packed_linear_mma_kernel<false>, p, smem, s);
-  return has_mask ? launch_tiled(packed_linear_dp4a_kernel<true>, p, smem, s)
-                  : launch_tiled(packed_linear_dp4a_kernel<false>, p, smem, s);
+    return has_mask ? launch_tiled(packed_linear_kernel<true, 1>, p, smem, s)
+                    : launch_tiled(packed_linear_kernel<false, 1>, p, smem, s);
+  return has_mask ? launch_tiled(packed_linear_kernel<true, 2>, p, smem, s)
+                  : launch_tiled(packed_linear_kernel<false, 2>, p, smem, s);
 }
 
 }  // extern "C"

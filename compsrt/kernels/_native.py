@@ -1,13 +1,16 @@
 """Shared plumbing of the ctypes kernel libraries (:mod:`.cpu_kernels`, :mod:`.packed_linear_cuda`):
-find their sources, build a shared library into a folder atomically, load the first one that loads.
+find their sources, build a shared library into a folder atomically, load the first one that loads,
+and the ``python -m`` command that builds one ahead of time.
 
 Each kernel module keeps its own names, flags, folders and ``_bind``; only the mechanics live here.
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -80,3 +83,34 @@ def load_existing(folders: Iterable[Path], lib_name: str,
             except OSError as e:
                 unloadable.append(f"{path}: {e}")
     return None, unloadable
+
+
+def build_main(argv: Optional[Sequence[str]], module: str, description: str,
+               build: Callable[[argparse.Namespace], Path],
+               add_options: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> int:
+    """The ``main`` of ``python -m compsrt.kernels.<module>``: parse argv, run ``build(args)`` (which
+    builds the library ahead of time) and print the library's path.
+
+    Args:
+        argv: the arguments (None: ``sys.argv[1:]``).
+        module: the kernel module's name, for the usage line and the error message.
+        description: the ``--help`` text.
+        build: builds the library into ``args.out_dir`` (None: the module's prebuilt folder) and
+            returns its path.
+        add_options: adds the module's own options (listed before ``--out-dir``).
+    Returns:
+        0; or 2 after a ``<module>: error: ...`` message on stderr when ``build`` raises
+        CompsrtError (no compiler), RuntimeError (the compiler failed) or ValueError (a bad option).
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m compsrt.kernels.{module}", description=description)
+    if add_options is not None:
+        add_options(parser)
+    parser.add_argument("--out-dir", type=Path, help="output folder (default: the prebuilt folder)")
+    args = parser.parse_args(argv)
+    try:
+        path = build(args)
+    except (CompsrtError, RuntimeError, ValueError) as e:
+        print(f"{module}: error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0

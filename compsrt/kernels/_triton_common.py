@@ -125,6 +125,13 @@ def quantize(xr, lo, hi, s, z, qmax):
 
 
 @triton.jit
+def load_qp(qp_ptr, ROW: tl.constexpr):
+    """Row ROW of a contiguous fp32 table of quantizers, 4 values a row: (l, u, s, z)."""
+    return (tl.load(qp_ptr + ROW * 4 + 0), tl.load(qp_ptr + ROW * 4 + 1),
+            tl.load(qp_ptr + ROW * 4 + 2), tl.load(qp_ptr + ROW * 4 + 3))
+
+
+@triton.jit
 def code_of(q):
     """Clamped fp32 code from :func:`quantize` -> fp32 integer, NaN -> 0 (as the references)."""
     return tl.where(q == q, q, 0.0)
@@ -159,13 +166,14 @@ def rotate_rows(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
 def rotate_quantize_tile(blk, x_ptr, M, K, C, stride_xb, stride_xk, stride_xc, h, lo, hi, s, z, qmax,
                          NP: tl.constexpr, INV_SQRT_N: tl.constexpr, SPLIT_ROWS: tl.constexpr,
                          SPLIT_F32: tl.constexpr, DOT_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Tile ``blk`` of the row kernels: its rows (:func:`row_index`), their rotation ``xr``
-    (:func:`rotate_rows`) and :func:`quantize` of it: (rb, rk, row_ok, xr, y, r, q)."""
+    """Tile ``blk`` of the row kernels: its rows (:func:`row_index`) and columns ``cols`` (the
+    rotated coordinate, 0..NP-1), their rotation ``xr`` (:func:`rotate_rows`) and :func:`quantize`
+    of it: (rb, rk, row_ok, cols, xr, y, r, q)."""
     rb, rk, row_ok = row_index(blk, M, K, BLOCK_M, SPLIT_ROWS)
     xr = rotate_rows(x_ptr, rb, rk, row_ok, C, stride_xb, stride_xk, stride_xc, h,
                      NP, INV_SQRT_N, SPLIT_F32, DOT_DTYPE)
     y, r, q = quantize(xr, lo, hi, s, z, qmax)
-    return rb, rk, row_ok, xr, y, r, q
+    return rb, rk, row_ok, tl.arange(0, NP), xr, y, r, q
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ Each kernel runs ``torch.get_num_threads()`` OpenMP threads.
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import functools
 import hashlib
@@ -42,7 +41,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CompsrtError
-from ._native import build_library, find_source_dir, load_existing
+from ._native import build_library, build_main, find_source_dir, load_existing
 from .hadamard import next_pow2
 
 LIB_NAME = "libcompsrt_cpu.so"
@@ -528,16 +527,8 @@ def window_attention_int_cpu(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scal
 def main(argv: Optional[list[str]] = None) -> int:
     """Build the library ahead of time (default: into ``<csrc>/build/<key>/``, where the loader
     looks first) and print its path."""
-    parser = argparse.ArgumentParser(prog="python -m compsrt.kernels.cpu_kernels", description=main.__doc__)
-    parser.add_argument("--out-dir", type=Path, help="output folder (default: the prebuilt folder)")
-    args = parser.parse_args(argv)
-    try:
-        path = compile_library(args.out_dir if args.out_dir is not None else prebuilt_dir())
-    except (CompsrtError, RuntimeError) as e:
-        print(f"cpu_kernels: error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return build_main(argv, "cpu_kernels", main.__doc__,
+                      lambda args: compile_library(args.out_dir if args.out_dir is not None else prebuilt_dir()))
 
 
 if __name__ == "__main__":

@@ -87,9 +87,8 @@ def _hadamard_fake_quant_kernel(
     lo, hi, s, z = _load_params(lower_ptr, upper_ptr, step_extra_ptr, zero_extra_ptr, qmax,
                                 HAS_STEP_EXTRA, HAS_ZERO_EXTRA)
     h = sylvester_block(N, NP)
-    cols = tl.arange(0, NP)
     for blk in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):  # persistent
-        rb, rk, row_ok, xr, y, r, q = rotate_quantize_tile(
+        rb, rk, row_ok, cols, xr, y, r, q = rotate_quantize_tile(
             blk, x_ptr, M, K, C, stride_xb, stride_xk, stride_xc, h, lo, hi, s, z, qmax,
             NP, INV_SQRT_N, SPLIT_ROWS, SPLIT_F32, DOT_DTYPE, BLOCK_M)
         offs = rb[:, None] * stride_ob + rk[:, None] * stride_ok + cols[None, :] * stride_oc
@@ -122,13 +121,12 @@ def _hadamard_fake_quant_bwd_kernel(
     lo, hi, s, z = _load_params(lower_ptr, upper_ptr, step_extra_ptr, zero_extra_ptr, qmax,
                                 HAS_STEP_EXTRA, HAS_ZERO_EXTRA)
     h = sylvester_block(N, NP)
-    cols = tl.arange(0, NP)
     acc_s = tl.zeros((NP,), tl.float32)  # d x_hat/d s * g, summed over rows (columns kept)
     acc_z = tl.zeros((NP,), tl.float32)  # d x_hat/d z * g
     acc_l = tl.zeros((NP,), tl.float32)  # clip path to l
     acc_u = tl.zeros((NP,), tl.float32)  # clip path to u
     for blk in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
-        rb, rk, row_ok, xr, y, r, q = rotate_quantize_tile(
+        rb, rk, row_ok, cols, xr, y, r, q = rotate_quantize_tile(
             blk, x_ptr, M, K, C, stride_xb, stride_xk, stride_xc, h, lo, hi, s, z, qmax,
             NP, INV_SQRT_N, SPLIT_ROWS, SPLIT_F32, DOT_DTYPE, BLOCK_M)
         g_offs = rb[:, None] * stride_gb + rk[:, None] * stride_gk + cols[None, :] * stride_gc

@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._triton_common import (FLOAT_DTYPES, code_of, dot_dtype, rotate_quantize_tile, rotated_shape, rotated_strides,
-                             row_tile_config, rows_view, sylvester_block)
+from ._triton_common import (FLOAT_DTYPES, code_of, dot_dtype, load_qp, rotate_quantize_tile, rotated_shape,
+                             rotated_strides, row_tile_config, rows_view, sylvester_block)
 from .hadamard import next_pow2
 
 MAX_N = 128  # largest padded size the launcher takes
@@ -46,14 +46,10 @@ def _hadamard_quant_kernel(
     DOT_DTYPE: tl.constexpr,     # operand type of the +-1 products
     BLOCK_M: tl.constexpr,       # vectors per tile
 ):
-    lo = tl.load(qp_ptr + 0)
-    hi = tl.load(qp_ptr + 1)
-    s = tl.load(qp_ptr + 2)
-    z = tl.load(qp_ptr + 3)
+    lo, hi, s, z = load_qp(qp_ptr, 0)
     h = sylvester_block(N, NP)
-    cols = tl.arange(0, NP)
     for blk in range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):  # persistent
-        rb, rk, row_ok, xr, _, _, q = rotate_quantize_tile(
+        rb, rk, row_ok, cols, xr, _, _, q = rotate_quantize_tile(
             blk, x_ptr, M, K, C, stride_xb, stride_xk, stride_xc, h, lo, hi, s, z, qmax,
             NP, INV_SQRT_N, SPLIT_ROWS, SPLIT_F32, DOT_DTYPE, BLOCK_M)
         code = code_of(q)

@@ -12,7 +12,6 @@ The kernel uses int8 tensor cores (``mma.sync`` m16n8k32 s8, sm_80+) and falls b
 below sm_80; ``impl="dp4a"`` forces the fallback (tests compare both with the reference).
 Ops: ``compsrt::packed_linear``, ``compsrt::packed_matmul``, ``compsrt::unpack_bits``.
 """
-import argparse
 import ctypes
 import functools
 import hashlib
@@ -25,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CompsrtError
-from ._native import build_library, find_source_dir, load_existing
+from ._native import build_library, build_main, find_source_dir, load_existing
 
 LIB_NAME = "libcompsrt_csrc.so"
 SOURCES = ("packed_linear.cu",)           # compiled into the one library, in this order
@@ -370,18 +369,14 @@ def unpack_bits_cuda(planes: Tensor, bits: int) -> Tensor:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Build the library ahead of time (default: into ``<csrc>/build/<key>/``, where the loader
     looks first) and print its path."""
-    parser = argparse.ArgumentParser(prog="python -m compsrt.kernels.packed_linear_cuda", description=main.__doc__)
-    parser.add_argument("--arch", action="append", help="compute capability, repeatable (default: 80 and 90)")
-    parser.add_argument("--out-dir", type=Path, help="output folder (default: the prebuilt folder)")
-    args = parser.parse_args(argv)
-    arches = tuple(args.arch) if args.arch else DEFAULT_ARCHES
-    try:
-        path = compile_library(arches, args.out_dir if args.out_dir is not None else prebuilt_dir(arches))
-    except CompsrtError as e:
-        print(f"packed_linear_cuda: error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    def build(args) -> Path:
+        arches = tuple(args.arch) if args.arch else DEFAULT_ARCHES
+        return compile_library(arches, args.out_dir if args.out_dir is not None else prebuilt_dir(arches))
+
+    def add_arch(parser) -> None:
+        parser.add_argument("--arch", action="append", help="compute capability, repeatable (default: 80 and 90)")
+
+    return build_main(argv, "packed_linear_cuda", main.__doc__, build, add_arch)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._triton_common import FLOAT_DTYPES, cast_out, code_of, dot_dtype, dot_pm1, exact_bf16, pm1_dot, quantize, \
-    sylvester_block
+from ._triton_common import FLOAT_DTYPES, cast_out, code_of, dot_dtype, dot_pm1, exact_bf16, load_qp, pm1_dot, \
+    quantize, sylvester_block
 from .hadamard import next_pow2
 
 MAX_TOKENS = 64   # N: a 64 x 64 fp32 tile of scores per program
@@ -40,10 +40,46 @@ MAX_HEAD_DIM = 32
 
 
 @triton.jit
-def _load_qp(qp_ptr, ROW: tl.constexpr):
-    """Row ROW of the (4, 4) quantizer table: (l, u, s, z) fp32."""
-    return (tl.load(qp_ptr + ROW * 4 + 0), tl.load(qp_ptr + ROW * 4 + 1),
-            tl.load(qp_ptr + ROW * 4 + 2), tl.load(qp_ptr + ROW * 4 + 3))
+def _load_tile(base, rows, stride_r, rows_ok, cols, stride_c, cols_ok):
+    """The (rows, cols) tile at base (element strides stride_r, stride_c), 0 outside rows_ok x cols_ok."""
+    return tl.load(base + rows[:, None] * stride_r + cols[None, :] * stride_c,
+                   mask=rows_ok[:, None] & cols_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _rotated_codes(x, h, LEFT: tl.constexpr, SPLIT: tl.constexpr, DOT: tl.constexpr, INV_SQRT: tl.constexpr,
+                   in_rotation, qp_ptr, ROW: tl.constexpr, qmax):
+    """(xr, codes, s, z): x rotated by H (h / sqrt(n)) along its columns (x H) or, LEFT, its rows
+    (H x; H is symmetric), its fp32 codes under row ROW of the quantizer table (0 where not
+    in_rotation: the padding), and that row's step and zero point."""
+    if LEFT:
+        xr = pm1_dot(h, x, SPLIT, DOT) * INV_SQRT
+    else:
+        xr = dot_pm1(x, h, SPLIT, DOT) * INV_SQRT
+    lo, hi, s, z = load_qp(qp_ptr, ROW)
+    _, _, c = quantize(xr, lo, hi, s, z, qmax)
+    return xr, tl.where(in_rotation, code_of(c), 0.0), s, z
+
+
+@triton.jit
+def _int_product(ar, ca, sa, za, br, cb, sb, zb, k_idx, count, KEEP_DC: tl.constexpr):
+    """(acc, y) for a @ b from the codes ca (M, K) and cb (K, N) of the rotated ar and br (k_idx:
+    the K coordinate): acc the exact int32 product of the codes, y the reference's fp32 epilogue,
+    term by term in its order (no FMA: enable_fp_fusion=False). With KEEP_DC, coefficient 0 of K
+    takes no code but the exact rank-1 term. count: the quantized coefficients per sum over K."""
+    if KEEP_DC:
+        da = tl.sum(tl.where(k_idx[None, :] == 0, ar, 0.0), axis=1)    # exact: one non-zero term
+        db = tl.sum(tl.where(k_idx[:, None] == 0, br, 0.0), axis=0)
+        ca = tl.where(k_idx[None, :] == 0, 0.0, ca)
+        cb = tl.where(k_idx[:, None] == 0, 0.0, cb)
+    acc = tl.dot(ca.to(tl.int8), cb.to(tl.int8), out_dtype=tl.int32)   # exact
+    sum_a = tl.sum(ca, axis=1)
+    sum_b = tl.sum(cb, axis=0)
+    y = acc.to(tl.float32) * (sa * sb) + sum_a[:, None] * (sa * zb) + sum_b[None, :] * (za * sb) \
+        + za * zb * count
+    if KEEP_DC:
+        y = y + da[:, None] * db[None, :]
+    return acc, y
 
 
 @triton.jit(do_not_specialize=["G1", "G2"])
@@ -87,74 +123,31 @@ def _window_attention_int_kernel(
     h_d = sylvester_block(D_N, DP)
     h_l = sylvester_block(L_N, LP)
 
-    # q s, rotated along d -> codes cq (LP, DP)
+    # logits: q s rotated along d (LP, DP) times k^T rotated along d (DP, LP; H symmetric: (k H)^T = H k^T)
     q_base = q_ptr + i0 * stride_q0 + i1 * stride_q1 + i2 * stride_q2
-    x = tl.load(q_base + tok[:, None] * stride_ql + hd[None, :] * stride_qd,
-                mask=tok_ok[:, None] & hd_ok[None, :], other=0.0)
+    x = _load_tile(q_base, tok, stride_ql, tok_ok, hd, stride_qd, hd_ok)
     xs = cast_out(x.to(tl.float32) * scale, q_ptr.dtype.element_ty)  # the ref scales in q's dtype
-    qr = dot_pm1(xs, h_d, IN_SPLIT, IN_DOT) * INV_SQRT_D
-    lq, uq, sq, zq = _load_qp(qp_ptr, 0)
-    _, _, cq = quantize(qr, lq, uq, sq, zq, qmax)
-    cq = tl.where(hd[None, :] < D_N, code_of(cq), 0.0)
-    # k^T, rotated along d (H is symmetric: (k H)^T = H k^T) -> codes ckt (DP, LP)
+    qr, cq, sq, zq = _rotated_codes(xs, h_d, False, IN_SPLIT, IN_DOT, INV_SQRT_D, hd[None, :] < D_N, qp_ptr, 0, qmax)
     k_base = k_ptr + i0 * stride_k0 + i1 * stride_k1 + i2 * stride_k2
-    x = tl.load(k_base + hd[:, None] * stride_kd + tok[None, :] * stride_kl,
-                mask=hd_ok[:, None] & tok_ok[None, :], other=0.0)
-    krt = pm1_dot(h_d, x, IN_SPLIT, IN_DOT) * INV_SQRT_D
-    lk, uk, sk, zk = _load_qp(qp_ptr, 1)
-    _, _, ckt = quantize(krt, lk, uk, sk, zk, qmax)
-    ckt = tl.where(hd[:, None] < D_N, code_of(ckt), 0.0)
-    if KEEP_DC:
-        dq = tl.sum(tl.where(hd[None, :] == 0, qr, 0.0), axis=1)    # exact: one non-zero term
-        dk = tl.sum(tl.where(hd[:, None] == 0, krt, 0.0), axis=0)
-        cq = tl.where(hd[None, :] == 0, 0.0, cq)
-        ckt = tl.where(hd[:, None] == 0, 0.0, ckt)
-
-    acc = tl.dot(cq.to(tl.int8), ckt.to(tl.int8), out_dtype=tl.int32)   # (LP, LP), exact
+    x = _load_tile(k_base, hd, stride_kd, hd_ok, tok, stride_kl, tok_ok)
+    krt, ckt, sk, zk = _rotated_codes(x, h_d, True, IN_SPLIT, IN_DOT, INV_SQRT_D, hd[:, None] < D_N, qp_ptr, 1, qmax)
+    acc, y = _int_product(qr, cq, sq, zq, krt, ckt, sk, zk, hd, count_d, KEEP_DC)
     if WRITE_QK:
         tl.store(qk_ptr + g * L * L + tok[:, None] * L + tok[None, :], acc,
                  mask=tok_ok[:, None] & tok_ok[None, :])
-    # logits: the ref's epilogue, term by term in its order (no FMA: enable_fp_fusion=False)
-    sum_q = tl.sum(cq, axis=1)
-    sum_k = tl.sum(ckt, axis=0)
-    y = acc.to(tl.float32) * (sq * sk) + sum_q[:, None] * (sq * zk) + sum_k[None, :] * (zq * sk) \
-        + zq * zk * count_d
-    if KEEP_DC:
-        y = y + dq[:, None] * dk[None, :]
     b_base = bias_ptr + i0 * stride_b0 + i1 * stride_b1 + i2 * stride_b2
-    bias = tl.load(b_base + tok[:, None] * stride_bl + tok[None, :] * stride_bm,
-                   mask=tok_ok[:, None] & tok_ok[None, :], other=0.0)
+    bias = _load_tile(b_base, tok, stride_bl, tok_ok, tok, stride_bm, tok_ok)
     y = y + bias.to(tl.float32)
     y = tl.where(tok_ok[None, :], y, float("-inf"))              # padded keys take no probability
     e = tl.exp(y - tl.max(y, axis=1)[:, None])
     p = e / tl.sum(e, axis=1)[:, None]
 
-    # p rotated along the keys -> codes ca (LP, LP)
-    pr = dot_pm1(p, h_l, True, P_DOT) * INV_SQRT_L
-    la, ua, sa, za = _load_qp(qp_ptr, 2)
-    _, _, ca = quantize(pr, la, ua, sa, za, qmax)
-    ca = tl.where(tok[None, :] < L_N, code_of(ca), 0.0)
-    # v rotated along its tokens -> codes cv (LP, DP)
+    # output: p rotated along the keys (LP, LP) times v rotated along its tokens (LP, DP)
+    pr, ca, sa, za = _rotated_codes(p, h_l, False, True, P_DOT, INV_SQRT_L, tok[None, :] < L_N, qp_ptr, 2, qmax)
     v_base = v_ptr + i0 * stride_v0 + i1 * stride_v1 + i2 * stride_v2
-    x = tl.load(v_base + tok[:, None] * stride_vl + hd[None, :] * stride_vd,
-                mask=tok_ok[:, None] & hd_ok[None, :], other=0.0)
-    vr = pm1_dot(h_l, x, IN_SPLIT, IN_DOT) * INV_SQRT_L
-    lv, uv, sv, zv = _load_qp(qp_ptr, 3)
-    _, _, cv = quantize(vr, lv, uv, sv, zv, qmax)
-    cv = tl.where(tok[:, None] < L_N, code_of(cv), 0.0)
-    if KEEP_DC:
-        da = tl.sum(tl.where(tok[None, :] == 0, pr, 0.0), axis=1)
-        dv = tl.sum(tl.where(tok[:, None] == 0, vr, 0.0), axis=0)
-        ca = tl.where(tok[None, :] == 0, 0.0, ca)
-        cv = tl.where(tok[:, None] == 0, 0.0, cv)
-
-    acc = tl.dot(ca.to(tl.int8), cv.to(tl.int8), out_dtype=tl.int32)    # (LP, DP), exact
-    sum_a = tl.sum(ca, axis=1)
-    sum_v = tl.sum(cv, axis=0)
-    o = acc.to(tl.float32) * (sa * sv) + sum_a[:, None] * (sa * zv) + sum_v[None, :] * (za * sv) \
-        + za * zv * count_l
-    if KEEP_DC:
-        o = o + da[:, None] * dv[None, :]
+    x = _load_tile(v_base, tok, stride_vl, tok_ok, hd, stride_vd, hd_ok)
+    vr, cv, sv, zv = _rotated_codes(x, h_l, True, IN_SPLIT, IN_DOT, INV_SQRT_L, tok[:, None] < L_N, qp_ptr, 3, qmax)
+    _, o = _int_product(pr, ca, sa, za, vr, cv, sv, zv, tok, count_l, KEEP_DC)
     tl.store(out_ptr + g * L * D + tok[:, None] * D + hd[None, :], o, mask=tok_ok[:, None] & hd_ok[None, :])
 
 

@@ -82,6 +82,24 @@ def test_without_gxx_only_an_ahead_of_time_build_loads(tmp_path, monkeypatch):
     assert ck.available() and ck.unavailable_reason() == ""
 
 
+def test_build_command_prints_the_library_path_or_a_one_line_error(monkeypatch, tmp_path, capsys):
+    """python -m compsrt.kernels.cpu_kernels: --out-dir (default: the prebuilt folder) reaches
+    compile_library and the path is printed; without g++: exit 2 and one error line, no traceback."""
+    real_compile = ck.compile_library
+    calls = []
+    monkeypatch.setattr(ck, "compile_library", lambda out_dir: calls.append(out_dir) or out_dir / ck.LIB_NAME)
+    assert ck.main(["--out-dir", str(tmp_path)]) == 0 and calls == [tmp_path]
+    assert capsys.readouterr().out == f"{tmp_path / ck.LIB_NAME}\n"
+    assert ck.main([]) == 0 and calls[-1] == ck.prebuilt_dir()
+    capsys.readouterr()
+    monkeypatch.setattr(ck, "compile_library", real_compile)
+    monkeypatch.setattr(ck, "find_gxx", lambda: None)
+    assert ck.main(["--out-dir", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("cpu_kernels: error: g++ not found")
+    assert captured.err.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------------------------
 # rotate_quantize
 # ---------------------------------------------------------------------------------------------

@@ -135,6 +135,43 @@ def test_missing_nvcc_is_a_compsrt_error(monkeypatch, tmp_path):
         plc.compile_library(out_dir=tmp_path)
 
 
+def test_build_command_builds_into_the_prebuilt_folder_by_default(monkeypatch, tmp_path, capsys):
+    """python -m compsrt.kernels.packed_linear_cuda: the arches and folder reach compile_library,
+    the library's path is printed."""
+    calls = []
+
+    def fake_compile(arches, out_dir):
+        calls.append((arches, out_dir))
+        return out_dir / plc.LIB_NAME
+
+    monkeypatch.setattr(plc, "compile_library", fake_compile)
+    assert plc.main([]) == 0
+    assert calls == [(plc.DEFAULT_ARCHES, plc.prebuilt_dir(plc.DEFAULT_ARCHES))]
+    assert capsys.readouterr().out == f"{plc.prebuilt_dir(plc.DEFAULT_ARCHES) / plc.LIB_NAME}\n"
+    assert plc.main(["--arch", "86", "--arch", "90", "--out-dir", str(tmp_path)]) == 0
+    assert calls[-1] == (("86", "90"), tmp_path)
+    assert capsys.readouterr().out == f"{tmp_path / plc.LIB_NAME}\n"
+
+
+@pytest.mark.parametrize("argv, no_nvcc, failing_nvcc, message", [
+    (["--out-dir", "OUT"], True, False, "nvcc not found"),
+    (["--arch", "sm_80"], False, False, "arches must be compute capabilities like '80'"),  # before nvcc
+    (["--out-dir", "OUT"], False, True, "nvcc failed (exit 1)"),
+], ids=["no-nvcc", "bad-arch", "nvcc-fails"])
+def test_build_command_errors_exit_2_without_a_traceback(monkeypatch, tmp_path, capsys, argv, no_nvcc, failing_nvcc,
+                                                         message):
+    if no_nvcc:
+        monkeypatch.setattr(plc, "find_nvcc", lambda: None)
+    if failing_nvcc:
+        def failing(arches, out_dir):
+            raise RuntimeError("nvcc failed (exit 1): nvcc ...")
+        monkeypatch.setattr(plc, "compile_library", failing)
+    assert plc.main([str(tmp_path) if a == "OUT" else a for a in argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("packed_linear_cuda: error: ") and message in captured.err
+    assert "Traceback" not in captured.err and not list(tmp_path.iterdir())
+
+
 def test_unloadable_prebuilt_without_nvcc_names_both(monkeypatch, tmp_path):
     """A prebuilt library that does not load (say, built against a newer glibc) falls through to
     nvcc; without nvcc the CompsrtError names the fix and the unloadable file."""
