@@ -60,10 +60,16 @@ def _cpu_name() -> str:
         return "cpu"
 
 
+def _median_s(benchmark) -> float:
+    """The median seconds of the last run; NaN under --benchmark-disable (nothing was timed)."""
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.median if stats is not None else float("nan")
+
+
 def _run(benchmark, fn, group, **info):
     benchmark.group = group
     benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
-    benchmark.extra_info.update(threads=1, device=_cpu_name(), time_ms=benchmark.stats.stats.median * 1e3, **info)
+    benchmark.extra_info.update(threads=1, device=_cpu_name(), time_ms=_median_s(benchmark) * 1e3, **info)
 
 
 @pytest.mark.parametrize("c", [60, 120])
@@ -76,7 +82,7 @@ def test_rotate_quantize(benchmark, impl, c):
           "clone": lambda: x.clone()}[impl]
     traffic = M * c * 4 + M * n   # read x, write int8 codes
     _run(benchmark, fn, f"rotate_quantize-{c}->{n}", impl=impl, shape=[M, c])
-    benchmark.extra_info["gbps"] = traffic / benchmark.stats.stats.median / 1e9
+    benchmark.extra_info["gbps"] = traffic / _median_s(benchmark) / 1e9
 
 
 LINEARS = {"qkv": (60, 60, 3), "proj": (60, 60, 1), "fc1": (60, 120, 1), "fc2": (120, 60, 1)}   # C, per, splits
