@@ -8,17 +8,15 @@ import torch
 
 import compsrt.kernels.packed_linear as packed_linear_mod
 import compsrt.kernels.window_attention_int as attention_mod
-from compsrt.config import QuantConfig
 from compsrt.kernels import cpu_kernels
 from compsrt.quant.compress import site_inputs
 from compsrt.quant.pack import pack_model, read_packed, save_packed
 from compsrt.runtime import PackedAttend, PackedLinear, load_packed
+from test_runtime import ROW_MEAN_CONFIGS
 
-CONFIGS = [QuantConfig(bits=4, rotation="none", decompose=False, row_mean=True),
-           QuantConfig(bits=2, rotation="none", row_mean=True),
-           QuantConfig(bits=3, rotation="none", decompose=False, row_mean=True, prune=0.4),
-           QuantConfig(bits=4, rotation="none", row_mean=True, prune=0.3, prune_mode="channel")]
-IDS = [f"w{c.bits}-s2{int(c.decompose)}-p{c.prune}-{c.prune_mode[:4]}" for c in CONFIGS]
+# The per-site and whole-model agreement of these configurations is tested with the others in
+# tests/runtime/test_runtime.py (ROW_MEAN_CONFIGS).
+CONFIGS = ROW_MEAN_CONFIGS
 
 
 def _pair(make_calibrated, cfg, tmp_path, fp_dtype="fp32"):
@@ -26,31 +24,6 @@ def _pair(make_calibrated, cfg, tmp_path, fp_dtype="fp32"):
     t, h = pack_model(m, fp_dtype)
     save_packed(t, h, tmp_path / "p.safetensors")
     return m, load_packed(tmp_path / "p.safetensors")
-
-
-@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
-def test_each_site_matches_the_fake_quant_one_on_the_same_input(make_calibrated, cfg, tmp_path):
-    fake, rt = _pair(make_calibrated, cfg, tmp_path)
-    x = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(3))
-    rows_off = rows = 0
-    for name, args in site_inputs(fake, x).items():
-        with torch.no_grad():
-            want = fake.get_submodule(name)(*args)
-            got = rt.get_submodule(name)(*args)
-        off = (got - want).abs() > 1e-4 * (1 + want.abs())
-        rows_off += int(off.reshape(-1, want.shape[-1]).any(-1).sum())
-        rows += want.reshape(-1, want.shape[-1]).shape[0]
-    assert rows_off / rows < 2e-3, f"{rows_off} of {rows} output rows differ beyond float rounding"
-
-
-@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
-def test_whole_model_agrees_with_the_fake_quant_model(make_calibrated, cfg, tmp_path):
-    fake, rt = _pair(make_calibrated, cfg, tmp_path)
-    x = torch.rand(2, 3, 24, 40, generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        a, b = fake(x).clamp(0, 1), rt(x).clamp(0, 1)
-    mse = torch.mean((a - b) ** 2).item()
-    assert mse == 0 or 10 * torch.log10(torch.tensor(1 / mse)).item() > 60
 
 
 def test_the_row_means_matter(make_calibrated, tmp_path):

@@ -13,10 +13,16 @@ from compsrt.quant.pack import pack_model, read_packed, save_packed
 from compsrt.quant.qmodules import QuantLinear
 from compsrt.runtime import PackedAttend, PackedLinear, build_runtime, load_packed
 
+# Row means (QuantConfig.row_mean) run the PyTorch path; more of them in test_row_mean_runtime.py.
+ROW_MEAN_CONFIGS = [QuantConfig(bits=4, rotation="none", decompose=False, row_mean=True),
+                    QuantConfig(bits=2, rotation="none", row_mean=True),
+                    QuantConfig(bits=3, rotation="none", decompose=False, row_mean=True, prune=0.4),
+                    QuantConfig(bits=4, rotation="none", row_mean=True, prune=0.3, prune_mode="channel")]
 CONFIGS = [QuantConfig(bits=4), QuantConfig(bits=2), QuantConfig(bits=3, prune=0.4),
            QuantConfig(bits=4, prune=0.4), QuantConfig(bits=4, rotation="none", decompose=False),
-           QuantConfig(bits=2, exact_dc=False, prune=0.3)]
-IDS = [f"w{c.bits}-{c.rotation}-p{c.prune}-dc{int(c.exact_dc)}" for c in CONFIGS]
+           QuantConfig(bits=2, exact_dc=False, prune=0.3)] + ROW_MEAN_CONFIGS
+IDS = [f"w{c.bits}-{c.rotation}-p{c.prune}-{c.prune_mode[:4]}-dc{int(c.exact_dc)}-rm{int(c.row_mean)}-s2{int(c.decompose)}"
+       for c in CONFIGS]
 
 
 def _pair(make_calibrated, cfg, tmp_path):
