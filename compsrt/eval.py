@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cli_errors import run_cli
 from .data import load_benchmark
 from .errors import CompsrtError
 from .io import atomic_path, to_float, to_uint
@@ -77,22 +78,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    try:
-        if not a.data.is_dir():
-            raise CompsrtError(f"{a.data}: not a folder; expected <data>/<Set>/HR/*.png")
-        for s in a.sets:
-            if not (a.data / s / "HR").is_dir():
-                raise CompsrtError(f"{a.data / s / 'HR'}: missing; check --data and --sets")
-        if a.model is not None and a.weights is not None:
-            raise CompsrtError("--model and --weights both given; pick one")
-        model = load_model(bundled_model(a.model) if a.model else a.weights, a.scale, a.arch, parse_device(a.device))
-        results = evaluate(model, a.data, a.sets, a.scale, a.device, progress=not a.quiet, limit=a.limit)
-    except (CompsrtError, OSError) as e:
-        print(f"compsrt.eval: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("compsrt.eval: interrupted; nothing written", file=sys.stderr)
-        return 130
+    return run_cli("compsrt.eval", lambda: _main(a), interrupted="nothing written")
+
+
+def _main(a: argparse.Namespace) -> int:
+    if not a.data.is_dir():
+        raise CompsrtError(f"{a.data}: not a folder; expected <data>/<Set>/HR/*.png")
+    for s in a.sets:
+        if not (a.data / s / "HR").is_dir():
+            raise CompsrtError(f"{a.data / s / 'HR'}: missing; check --data and --sets")
+    if a.model is not None and a.weights is not None:
+        raise CompsrtError("--model and --weights both given; pick one")
+    model = load_model(bundled_model(a.model) if a.model else a.weights, a.scale, a.arch, parse_device(a.device))
+    results = evaluate(model, a.data, a.sets, a.scale, a.device, progress=not a.quiet, limit=a.limit)
     label = a.model or (a.weights.name if a.weights else f"bundled {a.arch} x{a.scale}")
     print(markdown_table(results, label))
     out = a.json or Path(f"eval_{a.model or (a.weights.stem if a.weights else a.arch)}_x{a.scale}.json")

@@ -9,13 +9,20 @@ normalised. A tile at least as large as the image is therefore the untiled forwa
 the pixels (the attention is windowed); when its estimate (:func:`estimate_bytes`) exceeds half
 of the memory available (:func:`available_bytes`), the image is tiled with the largest tiles
 whose estimate stays under 4 GB.
+
+Several images of one size run as one batch (:func:`upscale_many`, ``stack=True``; one forward
+per image otherwise); ``half`` runs the FP parts under ``torch.autocast`` (fp16 or bf16) while a
+packed model's integer sites stay fp32 (:func:`prepare_half`); :func:`resample` is
+``--outscale``'s resize of the model's output.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import CompsrtError
@@ -154,23 +161,68 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and any(word in str(e).lower() for word in _OOM_WORDS)
 
 
+class FullPrecision(nn.Module):
+    """Runs ``inner`` in fp32 with autocast off: a packed model's integer sites under ``half``, whose
+    activation codes must come from the fp32 values they were calibrated on."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        with torch.autocast(args[0].device.type, enabled=False):
+            return self.inner(*(a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args))
+
+
+def prepare_half(model: nn.Module) -> nn.Module:
+    """Ready ``model`` for ``half`` (in place): the packed runtime's integer modules (PackedLinear,
+    PackedAttend) are wrapped in :class:`FullPrecision`, so only the FP parts (convs, norms, the
+    residual stream) run in half precision; returns ``model`` (a second call changes nothing).
+
+    Raises:
+        CompsrtError: a calibrated (fake-quant) model, whose quantizers must see fp32 values.
+    """
+    from .quant.qmodules import Quantizer
+    from .runtime.modules import PackedAttend, PackedLinear
+
+    if any(isinstance(m, Quantizer) for m in model.modules()):
+        raise CompsrtError("--half: a calibrated (fake-quant) checkpoint runs in fp32 only; pack it "
+                           "(python -m compsrt.pack) or leave --half out")
+    done = {id(m.inner) for m in model.modules() if isinstance(m, FullPrecision)}   # prepared before
+    sites = [name for name, m in model.named_modules()
+             if isinstance(m, (PackedLinear, PackedAttend)) and id(m) not in done]
+    for name in sites:
+        model.set_submodule(name, FullPrecision(model.get_submodule(name)))
+    return model
+
+
+def _precision(device: torch.device, half: torch.dtype | None):
+    """autocast to ``half`` on ``device``, or nothing (fp32) when ``half`` is None."""
+    return contextlib.nullcontext() if half is None else torch.autocast(device.type, dtype=half)
+
+
 @torch.no_grad()
 def upscale_tensor(model: nn.Module, x: Tensor, scale: int, tile: int = 0, overlap: int = 0,
-                   progress: bool = False) -> Tensor:
-    """(1, 3, H, W) in [0, 1] -> (1, 3, H*s, W*s) clamped to [0, 1]; tile=0 runs whole."""
+                   progress: bool = False, half: torch.dtype | None = None) -> Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 3, H*s, W*s) fp32 clamped to [0, 1]; tile=0 runs whole;
+    ``half`` (torch.float16 / bfloat16) autocasts the forward."""
     from tqdm import tqdm
+
+    def forward(t: Tensor) -> Tensor:
+        with _precision(t.device, half):
+            return model(t).float()
 
     h, w = x.shape[-2:]
     if tile <= 0 or (tile >= h and tile >= w):
-        return model(x).clamp_(0, 1)
+        return forward(x).clamp_(0, 1)
     if not 0 <= overlap < tile:
         raise ValueError(f"overlap must be in [0, tile), got overlap {overlap} with tile {tile}")
     s = scale
-    out = torch.zeros(1, x.shape[1], h * s, w * s, device=x.device)
+    out = torch.zeros(x.shape[0], x.shape[1], h * s, w * s, device=x.device)
     norm = torch.zeros(1, 1, h * s, w * s, device=x.device)
     boxes = tile_boxes(h, w, tile, overlap)
     for y0, x0, th, tw in tqdm(boxes, desc="tiles", disable=not progress or len(boxes) < 2, leave=False):
-        y = model(x[..., y0:y0 + th, x0:x0 + tw]).float()
+        y = forward(x[..., y0:y0 + th, x0:x0 + tw])
         wy = _ramp(th * s, overlap * s, y0 > 0, y0 + th < h)
         wx = _ramp(tw * s, overlap * s, x0 > 0, x0 + tw < w)
         wt = (wy[:, None] * wx[None, :]).to(x.device)
@@ -180,7 +232,7 @@ def upscale_tensor(model: nn.Module, x: Tensor, scale: int, tile: int = 0, overl
 
 
 def upscale(model: nn.Module, img: Image, scale: int, tile: int = 0, overlap: int = 0,
-            device: str | torch.device = "cpu", progress: bool = False) -> Image:
+            device: str | torch.device = "cpu", progress: bool = False, half: torch.dtype | None = None) -> Image:
     """Super-resolve an :class:`Image`; alpha (if any) is upscaled with bicubic on its own.
 
     Raises:
@@ -189,23 +241,59 @@ def upscale(model: nn.Module, img: Image, scale: int, tile: int = 0, overlap: in
     Example:
         >>> out = upscale(load_model(None, 2), load_image("in.png"), 2, tile=256, overlap=32)
     """
-    h, w = img.rgb.shape[-2:]
+    return upscale_many(model, [img], scale, tile, overlap, device, progress, half=half)[0]
+
+
+def upscale_many(model: nn.Module, imgs: list[Image], scale: int, tile: int = 0, overlap: int = 0,
+                 device: str | torch.device = "cpu", progress: bool = False, stack: bool = False,
+                 half: torch.dtype | None = None) -> list[Image]:
+    """:func:`upscale` for images of one size: with ``stack`` one forward over the (N, 3, H, W)
+    batch (fast on a GPU), else one forward per image (bit-identical to :func:`upscale` of each:
+    a batched convolution may sum in another order, and the packed runtime's activation
+    quantizers can turn such last-bit differences into a level or more at some pixels).
+
+    Raises:
+        CompsrtError: the allocator failed (CPU or GPU); the message names ``--tile``.
+        ValueError: images of different sizes.
+    """
+    h, w = imgs[0].rgb.shape[-2:]
+    if any(tuple(i.rgb.shape[-2:]) != (h, w) for i in imgs):
+        raise ValueError("upscale_many takes images of one size")
     try:
-        x = img.rgb[None].to(device)
-        if img.gray:  # one plane in, one plane out: run it as three equal channels
-            x = img.rgb[:1].expand(3, -1, -1)[None].to(device)
-        y = upscale_tensor(model, x, scale, tile, overlap, progress)[0].cpu()
-        alpha = None
-        if img.alpha is not None:
-            alpha = imresize(img.alpha, size=(h * scale, w * scale)).clamp(0, 1)
+        # a gray image is one plane in, one plane out: it runs as three equal channels
+        xs = [(i.rgb[:1].expand(3, -1, -1) if i.gray else i.rgb)[None].to(device) for i in imgs]
+        if stack:
+            ys = list(upscale_tensor(model, torch.cat(xs), scale, tile, overlap, progress, half).cpu())
+        else:
+            ys = [upscale_tensor(model, x, scale, tile, overlap, progress, half)[0].cpu() for x in xs]
+        alphas = [None if i.alpha is None else imresize(i.alpha, size=(h * scale, w * scale)).clamp(0, 1) for i in imgs]
     except (RuntimeError, MemoryError) as e:
         if not is_out_of_memory(e):
             raise
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
         how = f"in {tile}x{tile} tiles" if 0 < tile < max(h, w) else "whole"
+        many = f" x{len(imgs)} (--batch)" if stack and len(imgs) > 1 else ""
         smaller = max(64, (min(tile, h, w) if tile > 0 else min(h, w, 512)) // 2 // 8 * 8)
         why = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
-        raise CompsrtError(f"out of memory upscaling {w}x{h} {how} on {torch.device(device).type} ({why}); "
+        raise CompsrtError(f"out of memory upscaling {w}x{h}{many} {how} on {torch.device(device).type} ({why}); "
                            f"pass --tile {smaller} (smaller tiles use less memory)") from None
-    return Image(rgb=y, alpha=alpha, gray=img.gray, bits=img.bits, icc=img.icc)
+    return [Image(rgb=y, alpha=a, gray=i.gray, bits=i.bits, icc=i.icc) for y, a, i in zip(ys, alphas, imgs)]
+
+
+def outscale_size(h: int, w: int, factor: float) -> tuple[int, int]:
+    """``--outscale``'s output size: round(h x factor), round(w x factor), halves up, at least 1."""
+    return max(1, math.floor(h * factor + 0.5)), max(1, math.floor(w * factor + 0.5))
+
+
+def resample(img: Image, size: tuple[int, int]) -> Image:
+    """``img`` resized to ``size`` (h, w): bicubic with Keys' a = -0.5 (the kernel of MATLAB's
+    imresize and Pillow's BICUBIC), antialiased (the kernel widened) when shrinking, clamped to
+    [0, 1]; alpha alike."""
+    def resize(t: Tensor | None) -> Tensor | None:
+        if t is None:
+            return None
+        return F.interpolate(t[None].float(), size=size, mode="bicubic", align_corners=False,
+                             antialias=True)[0].clamp_(0, 1)
+
+    return Image(rgb=resize(img.rgb), alpha=resize(img.alpha), gray=img.gray, bits=img.bits, icc=img.icc)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .errors import CompsrtError
 
-SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SUPPORTED_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_PIXELS = 100_000_000   # default input limit (--max-pixels): 100 megapixels
 
 
@@ -229,9 +229,10 @@ def atomic_path(dst: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def save_image(img: Image, path: Path) -> None:
+def save_image(img: Image, path: Path, quality: int = 95) -> None:
     """Write atomically; the format follows the suffix. Grayscale/alpha/16-bit and the ICC profile
-    kept where the format allows (16 bits: PNG for every kind, TIFF for plain gray; ICC: PNG, JPEG, TIFF)."""
+    kept where the format allows (16 bits: PNG for every kind, TIFF for plain gray; ICC: PNG, JPEG,
+    TIFF, colour WebP; WebP has no gray mode: gray is written as RGB). ``quality``: JPEG and WebP."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -255,9 +256,9 @@ def save_image(img: Image, path: Path) -> None:
     else:
         # 16-bit RGB(A) goes to PNG through pypng above; TIFF/BMP/JPEG get 8-bit RGB.
         pil = PILImage.fromarray(to_uint(img.rgb), mode="RGB")
-    options = {"quality": 95} if jpeg else {}
+    options = {"quality": quality} if jpeg or suffix == ".webp" else {}
     icc = _icc_for(img)
-    if icc is not None and suffix != ".bmp":
+    if icc is not None and suffix != ".bmp" and not (suffix == ".webp" and img.gray):
         options["icc_profile"] = icc
     with atomic_path(path) as tmp:
         pil.save(tmp, format=_FORMATS[suffix], **options)
@@ -294,7 +295,8 @@ def _write_png16(img: Image, path: Path) -> None:
         tmp.write_bytes(data)
 
 
-_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+            ".webp": "WEBP"}
 
 
 def read_rgb_uint8(path: Path) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from .budget import TimeBudget
+from .cli_errors import run_cli
 from .config import SwinIRConfig
 from .data import Pair, load_training_pairs, random_patches, split_holdout
 from .device import parse_device
@@ -231,23 +232,21 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    try:
-        for d in a.data:
-            if not d.is_dir():
-                raise CompsrtError(f"{d}: not a folder of training images")
-        if a.init and not a.init.is_file():
-            raise CompsrtError(f"{a.init}: --init weights not found")
-        cfg = TrainConfig(scale=a.scale, iters=a.iters, batch=a.batch, patch=a.patch, lr=a.lr, min_lr=a.min_lr,
-                          warmup=a.warmup, clip=a.clip, bf16=not a.no_bf16, val_every=a.val_every,
-                          val_images=a.val_images, seed=a.seed, data=tuple(map(str, a.data)),
-                          init=str(a.init or ""))
-        best = train(cfg, a.out, resume=a.resume, device=parse_device(a.device), minutes=a.minutes)
-    except (CompsrtError, ValueError) as e:
-        print(f"compsrt.train: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"compsrt.train: interrupted; --resume continues from the last checkpoint in {a.out}", file=sys.stderr)
-        return 130
+    return run_cli("compsrt.train", lambda: _main(a), errors=(CompsrtError, ValueError),
+                   interrupted=f"--resume continues from the last checkpoint in {a.out}")
+
+
+def _main(a: argparse.Namespace) -> int:
+    for d in a.data:
+        if not d.is_dir():
+            raise CompsrtError(f"{d}: not a folder of training images")
+    if a.init and not a.init.is_file():
+        raise CompsrtError(f"{a.init}: --init weights not found")
+    cfg = TrainConfig(scale=a.scale, iters=a.iters, batch=a.batch, patch=a.patch, lr=a.lr, min_lr=a.min_lr,
+                      warmup=a.warmup, clip=a.clip, bf16=not a.no_bf16, val_every=a.val_every,
+                      val_images=a.val_images, seed=a.seed, data=tuple(map(str, a.data)),
+                      init=str(a.init or ""))
+    best = train(cfg, a.out, resume=a.resume, device=parse_device(a.device), minutes=a.minutes)
     print(f"best validation PSNR {best:.3f} dB; weights in {a.out / 'best.safetensors'}")
     return 0
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image as PILImage
 from safetensors.torch import save_file
-from torch import nn
 
 from compsrt.cli import main
 from compsrt.config import SwinIRConfig
@@ -19,31 +18,16 @@ from compsrt.infer import tile_boxes, upscale, upscale_tensor
 from compsrt.io import Image, load_image, to_float, to_uint
 from compsrt.model.swinir import SwinIRLight
 from compsrt.resize import imresize
+from cli_helpers import (Nearest as _Nearest, error_line as _error_line,  # tests/cli_helpers.py
+                         local_conv_model as _local_conv_model, run as _run, stray as _stray)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_X2 = ROOT / "compsrt" / "weights" / "swinir_light_x2.safetensors"
 
 
-def _run(capsys, *argv) -> tuple[int, str]:
-    rc = main([str(a) for a in argv])
-    return rc, capsys.readouterr().err
-
-
-def _error_line(err: str) -> str:
-    """The one line a user mistake prints (progress bars aside)."""
-    lines = [ln for ln in err.splitlines() if ln.startswith("compsrt-infer: error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def _psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.double() - b.double()) ** 2).item()
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def _stray(folder: Path, keep: set[str]) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
 
 
 @pytest.fixture
@@ -264,7 +248,7 @@ def test_interrupt_is_one_line_exit_130_and_leaves_no_output(capsys, tmp_path, s
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "upscale", interrupted)
+    monkeypatch.setattr(cli, "upscale_many", interrupted)
     rc, err = _run(capsys, small_png, tmp_path / "o.png", "--weights", test_weights, "--quiet")
     assert rc == 130 and err.count("\n") == 1 and "interrupted" in err
     assert not (tmp_path / "o.png").exists()
@@ -346,21 +330,6 @@ def test_tile_covering_the_image_is_the_untiled_output(capsys, tmp_path, small_p
     assert outs[0] == outs[1]
 
 
-class _Nearest(nn.Module):
-    """Pointwise x2 model: every tile sees what the whole image sees, so blending must be exact."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.repeat_interleave(2, -1).repeat_interleave(2, -2)
-
-
-def _local_conv_model() -> nn.Module:
-    """Shift-equivariant x2 model with a 2-pixel receptive radius: only seams can differ."""
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode="replicate"), nn.GELU(),
-                         nn.Conv2d(8, 12, 3, padding=1, padding_mode="replicate"), nn.PixelShuffle(2),
-                         nn.Sigmoid()).eval()
-
-
 @pytest.mark.parametrize("tile, overlap", [(24, 8), (16, 4), (16, 0), (7, 3)])
 def test_tiled_blending_exact_for_a_pointwise_model(make_rgb, tile, overlap):
     x = to_float(make_rgb(40, 50, seed=5))[None]
@@ -412,18 +381,25 @@ def _cli_peak_rss(argv: list, timeout: int) -> tuple[subprocess.CompletedProcess
     return proc, int(proc.stderr.split("maxrss_kb")[1].split()[0])
 
 
-@pytest.mark.slow
-def test_large_image_tiled_peak_rss_under_4gb(tmp_path, make_rgb, default_weights_x2):
-    src = tmp_path / "big.png"
+def _upscale_6mp(tmp_path: Path, make_rgb, name: str, options: list, timeout: int) -> tuple[subprocess.CompletedProcess, int]:
+    """A 3000x2000 image upscaled x2 by compsrt-infer in a fresh process, its output checked
+    (6000x4000, no temp files left): (the completed process, peak RSS in KiB)."""
+    src = tmp_path / f"{name}.png"
     PILImage.fromarray(make_rgb(2000, 3000, seed=9)).save(src)
-    dst = tmp_path / "big_x2.png"
-    proc, rss_kb = _cli_peak_rss([src, dst, "--scale", "2", "--tile", "256", "--weights", default_weights_x2,
-                                  "--quiet"], timeout=3600)
-    print(f"peak RSS {rss_kb / 2 ** 20:.2f} GiB")
-    assert rss_kb < 4 * 2 ** 20
+    dst = tmp_path / f"{name}_x2.png"
+    proc, rss_kb = _cli_peak_rss([src, dst, "--quiet", *options], timeout=timeout)
     with PILImage.open(dst) as im:
         assert im.size == (6000, 4000)
-    assert _stray(tmp_path, {"big.png", "big_x2.png"}) == []
+    assert _stray(tmp_path, {src.name, dst.name}) == []
+    return proc, rss_kb
+
+
+@pytest.mark.slow
+def test_large_image_tiled_peak_rss_under_4gb(tmp_path, make_rgb, default_weights_x2):
+    _, rss_kb = _upscale_6mp(tmp_path, make_rgb, "big", ["--scale", "2", "--tile", "256", "--weights",
+                                                         default_weights_x2], timeout=3600)
+    print(f"peak RSS {rss_kb / 2 ** 20:.2f} GiB")
+    assert rss_kb < 4 * 2 ** 20
 
 
 @pytest.mark.slow
@@ -734,13 +710,7 @@ def test_3000x2000_photo_without_options_within_8gb(tmp_path, make_rgb):
     avail = available_bytes("cpu")
     if avail is not None and auto_tile(2000, 3000, 2, avail // 2) == 0:
         pytest.skip(f"{avail / GIB:.0f} GB available: a whole-image run is expected to fit, no tiling to check")
-    src = tmp_path / "photo.png"
-    PILImage.fromarray(make_rgb(2000, 3000, seed=9)).save(src)
-    dst = tmp_path / "photo_x2.png"
-    proc, rss_kb = _cli_peak_rss([src, dst, "--quiet"], timeout=3 * 3600)
+    proc, rss_kb = _upscale_6mp(tmp_path, make_rgb, "photo", [], timeout=3 * 3600)
     assert "tiling in" in proc.stderr and "Traceback" not in proc.stderr
     print(f"3000x2000 without options: peak RSS {rss_kb / 2 ** 20:.2f} GiB; {proc.stderr.splitlines()[0]}")
     assert rss_kb < 8 * 2 ** 20
-    with PILImage.open(dst) as im:
-        assert im.size == (6000, 4000)
-    assert _stray(tmp_path, {"photo.png", "photo_x2.png"}) == []

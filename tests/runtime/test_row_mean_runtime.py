@@ -6,13 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import compsrt.kernels.packed_linear as packed_linear_mod
-import compsrt.kernels.window_attention_int as attention_mod
 from compsrt.kernels import cpu_kernels
 from compsrt.quant.compress import site_inputs
 from compsrt.quant.pack import pack_model, read_packed, save_packed
 from compsrt.runtime import PackedAttend, PackedLinear, load_packed
-from test_runtime import ROW_MEAN_CONFIGS
+from test_runtime import ROW_MEAN_CONFIGS, count_int_products
 
 # The per-site and whole-model agreement of these configurations is tested with the others in
 # tests/runtime/test_runtime.py (ROW_MEAN_CONFIGS).
@@ -48,29 +46,18 @@ def test_row_mean_layers_run_integer_products_on_the_pytorch_path(make_calibrate
     """Every quantized product is still an int8 product; the fused CPU kernels (which do not
     subtract the means) are never called, even where they are available."""
     _, rt = _pair(make_calibrated, CONFIGS[2], tmp_path)
-    n_lin = sum(mod.splits for mod in rt.modules() if isinstance(mod, PackedLinear))
-    n_att = sum(1 for mod in rt.modules() if isinstance(mod, PackedAttend))
     assert all(mod.row_mean for mod in rt.modules() if isinstance(mod, (PackedLinear, PackedAttend)))
-    calls = {"int_mm": 0, "int_bmm": 0}
-
-    def counting(name, fn):
-        def wrapped(*a, **k):
-            calls[name] += 1
-            assert a[0].dtype == torch.int8 and a[1].dtype == torch.int8
-            return fn(*a, **k)
-        return wrapped
+    calls, want = count_int_products(rt, monkeypatch)
 
     def never(*a, **k):
         raise AssertionError("a fused CPU kernel ran a row-mean layer")
 
-    monkeypatch.setattr(packed_linear_mod, "int_mm", counting("int_mm", packed_linear_mod.int_mm))
-    monkeypatch.setattr(attention_mod, "int_bmm", counting("int_bmm", attention_mod.int_bmm))
     monkeypatch.setattr(cpu_kernels, "packed_linear_cpu", never)
     monkeypatch.setattr(cpu_kernels, "window_attention_int_cpu", never)
     monkeypatch.setattr(torch.nn.functional, "linear", never)
     with torch.no_grad():
         rt(torch.rand(1, 3, 16, 16))
-    assert calls == {"int_mm": n_lin, "int_bmm": 2 * n_att}
+    assert calls == want
 
 
 def test_fp16_row_means_stay_close(make_calibrated, tmp_path):

@@ -25,6 +25,26 @@ IDS = [f"w{c.bits}-{c.rotation}-p{c.prune}-{c.prune_mode[:4]}-dc{int(c.exact_dc)
        for c in CONFIGS]
 
 
+def count_int_products(rt, monkeypatch) -> tuple[dict, dict]:
+    """Count the PyTorch path's integer products (checking both operands are int8) from now on:
+    (the live counts, what one forward of ``rt`` must give: one int_mm per Linear split, two
+    int_bmm per attention site)."""
+    n_lin = sum(mod.splits for mod in rt.modules() if isinstance(mod, PackedLinear))
+    n_att = sum(1 for mod in rt.modules() if isinstance(mod, PackedAttend))
+    calls = {"int_mm": 0, "int_bmm": 0}
+
+    def counting(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            assert a[0].dtype == torch.int8 and a[1].dtype == torch.int8
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(packed_linear_mod, "int_mm", counting("int_mm", packed_linear_mod.int_mm))
+    monkeypatch.setattr(attention_mod, "int_bmm", counting("int_bmm", attention_mod.int_bmm))
+    return calls, {"int_mm": n_lin, "int_bmm": 2 * n_att}
+
+
 def _pair(make_calibrated, cfg, tmp_path):
     m = make_calibrated(cfg)
     t, h = pack_model(m, "fp32")
@@ -73,19 +93,7 @@ def test_not_a_dequantize_at_load_runtime(make_calibrated, tmp_path, monkeypatch
         if t.is_floating_point():
             assert tuple(t.shape) not in weight_shapes, name
             assert t.ndim < 2 or t.shape[-1] != t.shape[-2] or "attn" not in name or t.numel() < 64, name
-    n_lin = sum(mod.splits for mod in rt.modules() if isinstance(mod, PackedLinear))
-    n_att = sum(1 for mod in rt.modules() if isinstance(mod, PackedAttend))
-    calls = {"int_mm": 0, "int_bmm": 0}
-
-    def counting(name, fn):
-        def wrapped(*a, **k):
-            calls[name] += 1
-            assert a[0].dtype == torch.int8 and a[1].dtype == torch.int8
-            return fn(*a, **k)
-        return wrapped
-
-    monkeypatch.setattr(packed_linear_mod, "int_mm", counting("int_mm", packed_linear_mod.int_mm))
-    monkeypatch.setattr(attention_mod, "int_bmm", counting("int_bmm", attention_mod.int_bmm))
+    calls, want = count_int_products(rt, monkeypatch)
 
     def no_linear(*a, **k):
         raise AssertionError("F.linear called: a product ran in float")
@@ -94,7 +102,7 @@ def test_not_a_dequantize_at_load_runtime(make_calibrated, tmp_path, monkeypatch
     with torch.no_grad(), monkeypatch.context() as mp:   # the PyTorch path
         mp.setattr(cpu_kernels, "available", lambda: False)
         rt(torch.rand(1, 3, 16, 16))
-    assert calls == {"int_mm": n_lin, "int_bmm": 2 * n_att}
+    assert calls == want
     if cpu_kernels.available():   # the fused CPU kernels: one call per module, integer inside
         fused = {"packed_linear_cpu": 0, "window_attention_int_cpu": 0}
         for name in fused:
@@ -105,7 +113,7 @@ def test_not_a_dequantize_at_load_runtime(make_calibrated, tmp_path, monkeypatch
         with torch.no_grad():
             rt(torch.rand(1, 3, 16, 16))
         n_mods = sum(1 for mod in rt.modules() if isinstance(mod, PackedLinear))
-        assert fused == {"packed_linear_cpu": n_mods, "window_attention_int_cpu": n_att}
+        assert fused == {"packed_linear_cpu": n_mods, "window_attention_int_cpu": want["int_bmm"] // 2}
 
 
 def test_integer_accumulators_are_exact(make_calibrated, tmp_path):

@@ -1,0 +1,38 @@
+"""compsrt.cli_errors.run_cli: the one way every command-line tool ends on a user mistake or Ctrl-C."""
+from __future__ import annotations
+
+import pytest
+
+from compsrt.cli_errors import run_cli
+from compsrt.errors import CompsrtError
+
+
+def _raise(e: BaseException):
+    def body() -> int:
+        raise e
+    return body
+
+
+def test_exit_code_of_the_body_passes_through(capsys):
+    assert run_cli("tool", lambda: 0) == 0 and run_cli("tool", lambda: 3) == 3
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("error", [CompsrtError("x.png: broken; fix it"), OSError("x.png: broken; fix it")])
+def test_user_errors_are_one_line_exit_2(capsys, error):
+    assert run_cli("compsrt.tool", _raise(error)) == 2
+    assert capsys.readouterr().err == "compsrt.tool: error: x.png: broken; fix it\n"
+
+
+def test_only_the_named_error_types_are_user_errors(capsys):
+    assert run_cli("t", _raise(ValueError("bad value")), errors=(CompsrtError, ValueError)) == 2
+    assert capsys.readouterr().err == "t: error: bad value\n"
+    with pytest.raises(ValueError):            # a bug stays a traceback
+        run_cli("t", _raise(ValueError("bug")))
+
+
+def test_ctrl_c_is_one_line_exit_130_or_propagates(capsys):
+    assert run_cli("t", _raise(KeyboardInterrupt()), interrupted="nothing written") == 130
+    assert capsys.readouterr().err == "t: interrupted; nothing written\n"
+    with pytest.raises(KeyboardInterrupt):     # a tool that names nothing to say (compsrt.size)
+        run_cli("t", _raise(KeyboardInterrupt()))
