@@ -20,6 +20,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from compsrt.analysis.paired import fmt_dz, fmt_p, paired
+
 BENCH = Path("../shared/data/benchmark")
 SETS = ("Set5", "Set14", "B100")
 # name -> (scale, bits, method, layers), most wanted first
@@ -31,7 +33,24 @@ PAPER = {(2, 2): (38.15, 33.90, 32.29), (4, 2): (32.25, 28.70, 27.62)}   # Table
 FP = {2: (38.26, None, None), 4: (32.51, None, None)}                      # its FP Set5 row
 
 
+def run_unclamped(root: Path, name: str, bench: Path) -> str:
+    """The same calibration with the official code's unclamped codes (research/calib_unclamped_codes.py),
+    evaluated in fake quantization with them: how much of a W2 row comes from the extra levels."""
+    scale, bits, method, layers = RUNS[name]
+    out = root / f"{name}_unclamped"
+    if (out / "report.json").exists():
+        return f"{name}_unclamped: done"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    subprocess.run([sys.executable, str(Path(__file__).with_name("calib_unclamped_codes.py")), "--arch",
+                    "mambairv2-light", "--scale", str(scale), "--bits", str(bits), "--method", method, "--layers",
+                    layers, "--out", str(out), "--eval-data", str(bench), "--sets", *SETS, "--quiet"],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    return f"{name}_unclamped: calibrated and evaluated"
+
+
 def run_one(root: Path, name: str, bench: Path) -> str:
+    if name.endswith("_unclamped"):
+        return run_unclamped(root, name.removesuffix("_unclamped"), bench)
     scale, bits, method, layers = RUNS[name]
     out = root / name
     if (out / "eval.json").exists():
@@ -56,7 +75,8 @@ def _means(ev: dict) -> dict[str, tuple[float, float]]:
 
 def table(root: Path) -> str:
     lines = ["| run | scale | bits | method | layers | bytes | " + " | ".join(f"{s} PSNR / SSIM" for s in SETS)
-             + " | Table 12 (Set5 / Set14 / B100) |", "|---" * (7 + len(SETS)) + "|"]
+             + " | unclamped codes (Set5 / Set14 / B100) | Table 12 (Set5 / Set14 / B100) |",
+             "|---" * (8 + len(SETS)) + "|"]
     for name, (scale, bits, method, layers) in RUNS.items():
         ev_path = root / name / "eval.json"
         if not ev_path.exists():
@@ -64,10 +84,29 @@ def table(root: Path) -> str:
         m = _means(json.loads(ev_path.read_text()))
         size = (root / name / "model.safetensors").stat().st_size
         paper = PAPER.get((scale, bits)) if method == "compsrt" and layers == "official" else None
+        unc = root / f"{name}_unclamped" / "report.json"
+        unc_ev = json.loads(unc.read_text())["levels"].get("eval", {}) if unc.exists() else {}
+        unclamped = " / ".join(f"{unc_ev[k]['psnr_db']:.3f}" for k in SETS if k in unc_ev) or "-"
         lines.append(f"| {name} | x{scale} | W{bits}A{bits} | {method} | {layers} | {size:,} | "
-                     + " | ".join(f"{m[s][0]:.3f} / {m[s][1]:.4f}" if s in m else "-" for s in SETS)
-                     + f" | {' / '.join(f'{v:.2f}' for v in paper) if paper else '-'} |")
+                     + " | ".join(f"{m[k][0]:.3f} / {m[k][1]:.4f}" if k in m else "-" for k in SETS)
+                     + f" | {unclamped} | {' / '.join(f'{v:.2f}' for v in paper) if paper else '-'} |")
+    lines += ["", "Per-image paired test of compsrt against 2dquant (PSNR, all images of the three sets; "
+              "compsrt.analysis.paired: Wilcoxon two-sided, d_z, images where compsrt is ahead):", "",
+              "| pair | images | mean diff (dB) | compsrt ahead | Wilcoxon p (two-sided) | d_z |", "|---|---|---|---|---|---|"]
+    for name, (scale, bits, method, layers) in RUNS.items():
+        other = root / name.replace("compsrt", "2dquant") / "eval.json"
+        mine = root / name / "eval.json"
+        if method != "compsrt" or not (mine.exists() and other.exists()):
+            continue
+        a, b = (_per_image(json.loads(f.read_text())) for f in (mine, other))
+        keys = sorted(a.keys() & b.keys())
+        r = paired([a[k] - b[k] for k in keys])
+        lines.append(f"| x{scale} W{bits} {layers} | {r.n} | {r.mean:+.3f} | {r.ahead} | {fmt_p(r.p_two)} | {fmt_dz(r.dz)} |")
     return "\n".join(lines)
+
+
+def _per_image(ev: dict) -> dict[tuple[str, str], float]:
+    return {(s, row["image"]): row["psnr_db"] for s, v in ev["results"].items() for row in v["images"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", choices=("run", "table"))
     p.add_argument("--root", type=Path, default=Path("runs/mamba"))
     p.add_argument("--bench", type=Path, default=BENCH)
-    p.add_argument("--only", nargs="+", choices=list(RUNS))
+    p.add_argument("--only", nargs="+", choices=list(RUNS) + [f"{n}_unclamped" for n in RUNS if RUNS[n][1] == 2],
+                   help="runs to do (NAME_unclamped: the unclamped-codes diagnostic of a W2 run)")
     p.add_argument("--jobs", type=int, default=1)
     a = p.parse_args(argv)
     if a.what == "table":
