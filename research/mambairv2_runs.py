@@ -20,8 +20,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from compsrt.analysis.paired import fmt_dz, fmt_p, paired
-
 BENCH = Path("../shared/data/benchmark")
 SETS = ("Set5", "Set14", "B100")
 # name -> (scale, bits, method, layers), most wanted first
@@ -74,6 +72,8 @@ def _means(ev: dict) -> dict[str, tuple[float, float]]:
 
 
 def table(root: Path) -> str:
+    from compsrt.analysis.paired import fmt_dz, fmt_p, paired
+
     lines = ["| run | scale | bits | method | layers | bytes | " + " | ".join(f"{s} PSNR / SSIM" for s in SETS)
              + " | unclamped codes (Set5 / Set14 / B100) | Table 12 (Set5 / Set14 / B100) |",
              "|---" * (8 + len(SETS)) + "|"]
