@@ -33,14 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..budget import TimeBudget
 from ..config import CalibConfig, QuantConfig
 from ..data import Pair, random_patches
 from ..errors import CompsrtError
 from ..metrics import psnr
-from ..model.swinir import SwinIRLight
 from ..quant.compress import compress_, set_calibrating
 from ..quant.qmodules import quantizers
 from ..schedule import cosine
@@ -235,7 +234,7 @@ def calib_batch(train: list[Pair], cfg: CalibConfig, scale: int) -> np.ndarray:
     return cal
 
 
-def search_bounds_(student: SwinIRLight, train: list[Pair], cfg: CalibConfig, device: torch.device) -> Tensor:
+def search_bounds_(student: nn.Module, train: list[Pair], cfg: CalibConfig, device: torch.device) -> Tensor:
     """DOBI: one no-grad forward of the seeded calibration batch, each quantizer searching its
     bounds on what it receives; returns that batch (model input)."""
     x = _to_input(calib_batch(train, cfg, student.cfg.scale), device)
@@ -251,11 +250,11 @@ def cosine_lr_(opt: ScalarAdam, it: int, iters: int) -> None:
     opt.scale = cosine(it, max(1, iters), 1.0, 0.01)
 
 
-def calibrate(fp: SwinIRLight, train: list[Pair], val: list[Pair], quant: QuantConfig, cfg: CalibConfig,
+def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantConfig, cfg: CalibConfig,
               state_path: Path | None = None, resume: bool = False, progress: bool = True,
               device: str | torch.device = "cpu", minutes: float = 0.0,
               graph: Callable[[], Graph] | None = None,
-              identity: dict | None = None, student: SwinIRLight | None = None) -> tuple[SwinIRLight, CalibReport]:
+              identity: dict | None = None, student: nn.Module | None = None) -> tuple[nn.Module, CalibReport]:
     """Quantize ``fp`` with DOBI + DQC; returns the calibrated model (best state) and a report.
 
     Args:

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import CalibConfig
 from ..quant.qmodules import Quantizer
-from ..model.swinir import SwinIRLight
 from .scalar_adam import ScalarAdam
 from .step import backward_update_, distill_loss
 
@@ -91,7 +90,7 @@ class GraphedStep:
     caller stops and keeps its best state, as it does when a parameter goes non-finite).
     """
 
-    def __init__(self, student: SwinIRLight, teacher: SwinIRLight, opt: ScalarAdam, qs: list[Quantizer],
+    def __init__(self, student: nn.Module, teacher: nn.Module, opt: ScalarAdam, qs: list[Quantizer],
                  cfg: CalibConfig, x: Tensor, graph: Graph) -> None:
         self.student, self.teacher, self.opt, self.qs, self.cfg = student, teacher, opt, qs, cfg
         self.x = x.detach().clone()                       # the static input

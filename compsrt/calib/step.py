@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import CalibConfig
 from ..quant.qmodules import Quantizer, project_quantizers_
-from ..model.swinir import SwinIRLight
 from .scalar_adam import ScalarAdam
 
 
 class StageTaps:
-    """Forward hooks on the four stages' Swin-block outputs (tokens), for the feature loss.
+    """Forward hooks on the four stages' Swin-block outputs (tokens), for the feature loss
+    (SwinIR-light's ``layers[i].residual_group``; the calibration CLI refuses it for other models).
 
     They record only while ``recording`` is set, i.e. during the training forward: the
     validation and DOBI forwards run other batches through the same modules."""
 
-    def __init__(self, model: SwinIRLight) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.feats: list[Tensor] = []
         self.recording = False
         self.handles = [layer.residual_group.register_forward_hook(self._hook) for layer in model.layers]
@@ -51,7 +51,7 @@ def feature_loss(fs: list[Tensor], ft: list[Tensor]) -> Tensor:
     return total / len(fs)
 
 
-def distill_loss(student: SwinIRLight, teacher: SwinIRLight, x: Tensor, cfg: CalibConfig,
+def distill_loss(student: nn.Module, teacher: nn.Module, x: Tensor, cfg: CalibConfig,
                  taps: tuple[StageTaps, StageTaps] | None = None) -> Tensor:
     """The DQC objective on the LR batch ``x``: the student's distance to the teacher's output."""
     if taps is not None:
@@ -81,7 +81,7 @@ def update_(opt: ScalarAdam, qs: list[Quantizer], cfg: CalibConfig) -> None:
     project_quantizers_(qs)
 
 
-def finetune_step_(student: SwinIRLight, teacher: SwinIRLight, x: Tensor, opt: ScalarAdam, qs: list[Quantizer],
+def finetune_step_(student: nn.Module, teacher: nn.Module, x: Tensor, opt: ScalarAdam, qs: list[Quantizer],
                    cfg: CalibConfig, taps: tuple[StageTaps, StageTaps] | None = None) -> Tensor:
     """One DQC update on the LR batch ``x``; returns the loss, and updates nothing when it is not
     finite (the caller stops). Shared with benchmarks/calib_step_memory.py, which times it."""

@@ -1,4 +1,5 @@
-"""Quantized building blocks of SwinIR-light: quantizers, QuantLinear, quantized attention.
+"""Quantized building blocks (any architecture's plan): quantizers, QuantLinear, quantized attention,
+weight-only parameters.
 
 Every quantized product ``y = a @ b`` goes through two quantizers, one per operand. With
 ``rotation="deploy"`` both operands are rotated along the contraction axis and stay rotated
