@@ -153,12 +153,13 @@ def format_effective_bits(r: dict) -> list[str]:
     lines = [f"  effective bits per original value, (b x coded + masks + FP offsets) / original, padding included "
              f"(FP offsets: {offsets}; weights' at {e['weight_offset_bits']} bits, activations' at "
              f"{e['activation_offset_bits']} bits, computed at run time in fp32):",
-             f"    {'product':<10} {'weights':>8} {'activations':>12}"]
+             f"    {'product':<15} {'weights':>8} {'activations':>12}"]
     w, a = e["weights"], e["activations"]
-    for kind in [k for k in a if k != "overall"] + ["overall"]:
+    kinds = list(dict.fromkeys([*w, *a]))   # weight sites (FP activation) have no activation column
+    for kind in [k for k in kinds if k != "overall"] + ["overall"]:
         wb = f"{w[kind]['bits']:.3f}" if kind in w else "-"
         ab = f"{a[kind]['bits']:.3f}" if kind in a else "-"
-        lines.append(f"    {kind:<10} {wb:>8} {ab:>12}")
+        lines.append(f"    {kind:<15} {wb:>8} {ab:>12}")
     return lines
 
 

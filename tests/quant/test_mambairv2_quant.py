@@ -244,3 +244,18 @@ def test_calib_cli_calibrates_and_packs_mambairv2_and_infer_and_eval_run_it(tmp_
                      "--data", str(tmp_path / "bench"), "--sets", "Tiny", "--json", str(tmp_path / "e.json"),
                      "--quiet"]) == 0
     assert "| model.safetensors | Tiny |" in capsys.readouterr().out
+
+
+def test_size_report_counts_the_weight_sites_without_an_activation(tmp_path):
+    from compsrt.size import format_report, size_report
+
+    fake = _calibrated(QuantConfig(bits=4))
+    t, h = pack_model(fake)
+    save_packed(t, h, tmp_path / "p.safetensors")
+    r = size_report(tmp_path / "p.safetensors")
+    w, a = r["effective_bits"]["weights"], r["effective_bits"]["activations"]
+    assert {"x_proj_weight", "dt_projs_weight", "wqkv", "route.0", "route.2"} <= set(w)
+    assert "x_proj_weight" not in a and "wqkv" in a
+    # dt_projs_weight: 36 rows of 3 columns, rotated to 4, DC in fp16: (4 x 3 + 16) / 3 bits per weight
+    assert w["dt_projs_weight"]["bits"] == pytest.approx((4 * 3 + 16) / 3)
+    assert "dt_projs_weight" in format_report(r)
