@@ -46,6 +46,6 @@ setup(
         "ninja",
         "triton; platform_system == 'Linux'",
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"], "analysis": ["matplotlib"]},
     entry_points={"console_scripts": ["compsrt-infer=compsrt.cli:main"]},
 )

@@ -124,12 +124,3 @@ def test_fake_quant_backward(capsys):
     research("fake_quant_backward").main(["--scale", "0.002", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "| where(mask, g, 0) |" in out and "| fc2 input (8192, 128) |" in out
-
-
-def test_compare_per_image(tmp_path, capsys):
-    for name, shift in (("a", 0.1), ("b", 0.0)):
-        images = [{"image": f"im{i}", "psnr_db": 30 + i * 0.3 + shift * (i % 3), "ssim": 0.9 + shift * (i % 2) / 10}
-                  for i in range(7)]
-        (tmp_path / f"{name}.json").write_text(json.dumps({"weights": name, "results": {"Set": {"images": images}}}))
-    assert research("compare_per_image").main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
-    assert "Wilcoxon p" in capsys.readouterr().out
