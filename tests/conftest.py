@@ -151,3 +151,30 @@ def make_calibrated():
         return m
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-tensor tests: extra threads only add synchronisation
+    (and stall on a busy box). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def x4_weights(tmp_path_factory):
+    """A small x4 SwinIR-light (random) weights file: fast, and of another scale than the default."""
+    import torch
+    from safetensors.torch import save_file
+
+    from compsrt.config import SwinIRConfig
+    from compsrt.model.swinir import SwinIRLight
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "x4.safetensors"
+    save_file(SwinIRLight(SwinIRConfig(scale=4, embed_dim=20, depths=(2,), num_heads=(2,))).state_dict(), str(path))
+    return path

@@ -26,13 +26,7 @@ from compsrt.quant.plan import plan_for
 ROWS, C = 256, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: extra threads only add synchronisation (and stall on a busy box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors (tests/conftest.py)
 
 
 def synthetic(kind: str, rows: int = ROWS, c: int = C, seed: int = 0) -> torch.Tensor:

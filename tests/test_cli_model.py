@@ -15,16 +15,6 @@ from compsrt.cli import model_arch_scale
 from compsrt.config import SwinIRConfig
 from compsrt.errors import CompsrtError
 from compsrt.load import bundled_models, describe_weights
-from compsrt.model.swinir import SwinIRLight
-
-
-@pytest.fixture(scope="module")
-def x4_weights(tmp_path_factory):
-    """A small x4 SwinIR-light (random): fast, and of another scale than the default."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "x4.safetensors"
-    save_file(SwinIRLight(SwinIRConfig(scale=4, embed_dim=20, depths=(2,), num_heads=(2,))).state_dict(), str(path))
-    return path
 
 
 def _with_header(tmp_path, name: str, header: dict):
@@ -104,18 +94,7 @@ def test_scale_and_arch_come_from_the_model_name(capsys, tmp_path, make_rgb, wri
     assert PILImage.open(tmp_path / "o.png").size == size
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--weights", "{x4}", "--scale", "2"], "{x4}: these are x4 weights but --scale 2 was asked; leave --scale out"),
-    (["--weights", "{x4}", "--arch", "mambairv2-light"], "{x4}: swinir-light weights, but --arch mambairv2-light"),
-    (["--model", "swinir_light_x3_w4", "--scale", "2"], "--model swinir_light_x3_w4 is an x3 model but --scale 2"),
-    (["--model", "swinir_light_x2", "--arch", "mambairv2-light"], "is a swinir-light model but --arch mambairv2-light"),
-    (["--model", "mambairv2_light_x2", "--scale", "3"], "--model mambairv2_light_x2 is an x2 model but --scale 3"),
-])
-def test_contradictions_are_one_line(capsys, tmp_path, x4_weights, make_rgb, write_png, argv, expected):
-    src = write_png(tmp_path / "in.png", make_rgb(7, 9))
-    rc, err = run(capsys, src, tmp_path / "o.png", *[a.format(x4=x4_weights) for a in argv], "--quiet")
-    assert rc == 2 and expected.format(x4=x4_weights) in error_line(err)
-    assert not (tmp_path / "o.png").exists()
+# The contradictions between --scale/--arch and the file or name: in test_cli_options.py's table.
 
 
 def test_packed_checkpoint_contradiction_says_checkpoint(capsys, tmp_path, make_calibrated, make_rgb, write_png):

@@ -95,11 +95,21 @@ def test_suffix_names_folder_outputs(capsys, tmp_path, folder, test_weights):
     (["{a}", "{tmp}/o.png", "--compare", "--ext", "jpg"], "--compare does not take --ext"),
     (["{a}", "{tmp}/o.png", "--compare"], "--compare does not take --weights"),   # (every case adds --weights)
     (["{a}", "{a}", "{tmp}/o.png", "--compare"], "--compare takes one image and one output PNG, got 3"),
+    # --scale / --arch against what the file or the bundled name says
+    (["{a}", "{tmp}/o.png", "--weights", "{x4}", "--scale", "2"],
+     "{x4}: these are x4 weights but --scale 2 was asked; leave --scale out"),
+    (["{a}", "{tmp}/o.png", "--weights", "{x4}", "--arch", "mambairv2-light"], "{x4}: swinir-light weights, but --arch mambairv2-light"),
+    (["{a}", "{tmp}/o.png", "--model", "swinir_light_x3_w4", "--scale", "2"], "--model swinir_light_x3_w4 is an x3 model but --scale 2"),
+    (["{a}", "{tmp}/o.png", "--model", "swinir_light_x2", "--arch", "mambairv2-light"],
+     "is a swinir-light model but --arch mambairv2-light"),
+    (["{a}", "{tmp}/o.png", "--model", "mambairv2_light_x2", "--scale", "3"], "--model mambairv2_light_x2 is an x2 model but --scale 3"),
 ])
-def test_option_mistakes_are_one_line(capsys, tmp_path, folder, test_weights, argv, expected):
-    fill = {"a": folder / "a.png", "tmp": tmp_path, "dir": folder}
-    rc, err = run(capsys, *[a.format(**fill) for a in argv], "--weights", test_weights, "--quiet")
-    assert rc == 2 and expected in error_line(err), err
+def test_option_mistakes_are_one_line(capsys, tmp_path, folder, test_weights, x4_weights, argv, expected):
+    """Each case runs with --weights (the test weights) unless it names its own model."""
+    fill = {"a": folder / "a.png", "tmp": tmp_path, "dir": folder, "x4": x4_weights}
+    model = [] if {"--weights", "--model"} & set(argv) else ["--weights", test_weights]
+    rc, err = run(capsys, *[a.format(**fill) for a in argv], *model, "--quiet")
+    assert rc == 2 and expected.format(**fill) in error_line(err), err
     assert stray(tmp_path, {"imgs"}) == []
 
 

@@ -28,13 +28,7 @@ TINY = MambaIRv2Config(scale=2, embed_dim=12, d_state=4, depths=(2,), num_heads=
                        inner_rank=4, num_tokens=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These inputs are tiny: extra threads only add synchronisation (and stall on a busy box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny tensors (tests/conftest.py)
 
 
 # ---------------------------------------------------------------- selective scan
