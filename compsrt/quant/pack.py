@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..config import QuantConfig
 from ..errors import CompsrtError
@@ -101,8 +102,8 @@ def layer_grids(model: nn.Module, plan: QuantPlan, cfg: QuantConfig) -> list[Lay
         grids.append(LayerGrid(site.path, site.splits, out_f, width(in_f), dc))
     for site in plan.weights:
         holder = model.get_submodule(site.path)
-        shape = (holder.parametrizations[site.param].original if hasattr(holder, "parametrizations")
-                 and site.param in holder.parametrizations else getattr(holder, site.param)).shape
+        quantized = parametrize.is_parametrized(holder, site.param)   # the FP parameter, not its fake quantization
+        shape = (holder.parametrizations[site.param].original if quantized else getattr(holder, site.param)).shape
         grids.append(LayerGrid(site.path, 1, shape[1], width(shape[2]), dc, site.param, True))
     return grids
 
