@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from .errors import CompsrtError
+from .model.archs import ARCHS  # re-exported: the CLIs take it from here
 from .model.weights import bundled_weights, load_swinir
-
-ARCHS = ("swinir-light", "mambairv2-light")
 
 
 def bundled_dir() -> Path:

@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 
 from ..config import QuantConfig
 from ..errors import CompsrtError
-from ..model.archs import arch_of, build, config_dict, config_from_dict
+from ..model.archs import ARCHS, arch_of, build, config_dict, config_from_dict
 from ..model.swinir import Attend
 from .plan import plan_for
 from .qmodules import (BoundSearch, QuantAttend, QuantLinear, QuantOverride, Quantizer, QuantWeightParam, WeightQuantizer,
@@ -151,7 +151,7 @@ def model_config(h: dict) -> tuple[str, object]:
     MambaIRv2-light could be quantized hold SwinIR-light's config under "swinir".
     Raises KeyError, TypeError or ValueError for a malformed one."""
     arch = h["arch"]
-    if arch not in ("swinir-light", "mambairv2-light"):
+    if arch not in ARCHS:
         raise ValueError(f"architecture {arch!r} unknown")
     return arch, config_from_dict(arch, h["model"] if "model" in h else h["swinir"])
 

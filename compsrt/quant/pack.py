@@ -44,7 +44,7 @@ from ..errors import CompsrtError
 from ..kernels.bitpack import pack_flat, unpack_flat
 from ..kernels.fake_quant import fake_quant_ref
 from ..kernels.hadamard import next_pow2
-from ..model.archs import arch_of, build, config_dict
+from ..model.archs import ARCHS, arch_of, build, config_dict
 from .compress import model_config
 from .plan import QuantPlan, check_layers, plan_for
 from .qmodules import Quantizer, QuantAttend, QuantLinear, QuantWeightParam, WeightQuantizer
@@ -272,7 +272,7 @@ def read_header(path: Path) -> dict:
                            "upgrade compsrt")
     if v < VERSION:
         raise _bad(path, f"packed format version {v} is not supported")
-    if h.get("arch") not in ("swinir-light", "mambairv2-light"):
+    if h.get("arch") not in ARCHS:
         raise _bad(path, f"architecture {h.get('arch')!r} has no packed runtime")
     return h
 
