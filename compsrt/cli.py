@@ -10,6 +10,12 @@ One input file and one output file, or several inputs (files, folders, glob patt
 output folder: then a bad image is reported in one line and the others are written, a summary
 line ends the run, and the exit code is 2 if any image failed. User mistakes print one line and
 exit 2; outputs are written atomically and never over an input. Every option: docs/infer.md.
+
+Under torchrun (``torchrun --nproc-per-node N -m compsrt.cli IN_DIR OUT_DIR``) rank 0 decides which
+images run (``--skip-existing``), rank r upscales and writes images r, r + N, ... of them, and
+rank 0 alone shows the progress bar (its share), writes ``--json`` (every rank's records, in
+input order) and prints the summary; the exit code is 2 on every rank if any image failed.
+Details: docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import torch
 
 from .cli_errors import run_cli
 from .device import parse_device
+from .distributed import Dist, launched, prog_name, session
 from .errors import CompsrtError
 from .io import MAX_PIXELS, SUPPORTED_SUFFIXES, Image, atomic_path, check_image_path, load_image, save_image
 from .infer import (AUTO_OVERLAP, GIB, auto_tile, available_bytes, bytes_per_pixel, estimate_bytes, is_out_of_memory,
@@ -120,38 +127,72 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if len(args.paths) < 2:
         p.error("give an input and an output: compsrt-infer IN [IN ...] OUT")
-    return run_cli("compsrt-infer", lambda: _main(args), interrupted="finished outputs are kept, none is partial")
+    return run_cli(prog_name("compsrt-infer"), lambda: _main(args),
+                   interrupted="finished outputs are kept, none is partial")
 
 
 def _main(args: argparse.Namespace) -> int:
     _check_options(args)
     if args.compare:
+        if launched():
+            raise CompsrtError("--compare runs in one process; run it without torchrun")
         from .compare import compare_cli
 
         return compare_cli(args, _device(args))
     jobs, folder_out = plan_jobs([str(a) for a in args.paths[:-1]], Path(args.paths[-1]), args.ext, args.suffix)
     dev = _device(args)
     weights, arch, scale, label = resolve_model(args)
+    with session(dev) as dist:
+        return _upscale_jobs(args, jobs, folder_out, (weights, arch, scale, label), dist)
+
+
+def _jobs_to_run(args: argparse.Namespace, jobs: list[tuple[Path, Path]], folder_out: bool) -> list[int]:
+    """Which jobs run (indices), after removing our leftovers from the output folder; the others
+    are skipped (``--skip-existing`` and the output exists). Rank 0 decides it for every rank."""
     if folder_out:
         _remove_our_leftovers(Path(args.paths[-1]))
-    skipped = [job for job in jobs if args.skip_existing and job[1].exists()]
-    jobs = [job for job in jobs if not (args.skip_existing and job[1].exists())]
+    return [i for i, (_, dst) in enumerate(jobs) if not (args.skip_existing and dst.exists())]
+
+
+def _upscale_jobs(args: argparse.Namespace, jobs: list[tuple[Path, Path]], folder_out: bool,
+                  model_id: tuple[Path | None, str, int, str], dist: Dist) -> int:
+    """Run this rank's share of the jobs; rank 0 reports for all (the one rank of a plain run)."""
+    weights, arch, scale, label = model_id
+    run_idx = set(dist.decide(lambda: _jobs_to_run(args, jobs, folder_out), "choosing the images to run"))
+    skipped = [job for i, job in enumerate(jobs) if i not in run_idx]
+    jobs = [job for i, job in enumerate(jobs) if i in run_idx]
     records = [_record(src, dst, label, 0.0, "skipped") for src, dst in skipped]
     if not jobs:
-        _write_json(args.json, records)
-        print(f"compsrt-infer: 0 written, {len(skipped)} skipped (outputs exist; --skip-existing)", file=sys.stderr)
+        if dist.is_main:
+            _write_json(args.json, records)
+            print(f"compsrt-infer: 0 written, {len(skipped)} skipped (outputs exist; --skip-existing)", file=sys.stderr)
         return 0
-    model = load_model(weights, scale, arch, dev)
+    model = load_model(weights, scale, arch, dist.device)
     if args.half:
         prepare_half(model)
-    run = _Run(model, scale, label, args, dev, folder_out, records)
-    try:
-        failed = run.all(jobs)
-    finally:
-        _write_json(args.json, run.records)
-    if folder_out:
+    run = _Run(model, scale, label, args, dist.device, folder_out, records if dist.is_main else [], dist)
+    if not dist.joined:
+        try:
+            failed = run.all(jobs)
+        finally:
+            _write_json(args.json, run.records)
+    else:   # every rank's records, or none on a failure (they cannot be gathered then)
+        run.all([jobs[i] for i in dist.shard(len(jobs))])
+        records = _gathered_records(dist, run.records, jobs)
+        failed = [Path(r["input"]).name for r in records if r["status"] == "failed"]
+        if dist.is_main:
+            _write_json(args.json, records)
+    if folder_out and dist.is_main:
         _summary(len(jobs) - len(failed), len(skipped), failed)
     return 2 if failed else 0
+
+
+def _gathered_records(dist: Dist, mine: list[dict], jobs: list[tuple[Path, Path]]) -> list[dict]:
+    """Every rank's records: rank 0's skipped ones first, then one per job in job order."""
+    order = {str(src): i for i, (src, _) in enumerate(jobs)}
+    every = [r for part in dist.all_gather_json(mine, "gathering the per-image records") for r in part]
+    skipped = [r for r in every if r["status"] == "skipped"]
+    return skipped + sorted((r for r in every if r["status"] != "skipped"), key=lambda r: order[r["input"]])
 
 
 def _device(args: argparse.Namespace) -> torch.device:
@@ -372,9 +413,10 @@ class _Run:
     leaves a record (for ``--json``)."""
 
     def __init__(self, model, scale: int, label: str, args: argparse.Namespace, dev: torch.device,
-                 folder_out: bool, records: list[dict]) -> None:
+                 folder_out: bool, records: list[dict], dist: Dist | None = None) -> None:
         self.model, self.scale, self.label, self.args, self.dev = model, scale, label, args, dev
         self.folder_out, self.records, self.failed = folder_out, records, []
+        self.dist = dist or Dist()   # under torchrun a failed one-file job is recorded, as in a folder run
         self.stack = dev.type == "cuda"   # one forward per group on CUDA; per image on the CPU (no faster there)
         self.bar = None
 
@@ -382,8 +424,9 @@ class _Run:
         """Run every job; returns the names of the inputs that failed."""
         from tqdm import tqdm
 
-        self.bar = tqdm(total=len(jobs), desc="images", unit=" img", bar_format=BAR,
-                        disable=self.args.quiet or not self.folder_out)
+        desc = f"images [rank 0 of {self.dist.world}]" if self.dist.joined else "images"
+        self.bar = tqdm(total=len(jobs), desc=desc, unit=" img", bar_format=BAR,
+                        disable=self.args.quiet or not self.folder_out or not self.dist.is_main)
         try:
             for group in same_size_groups(self._loaded(jobs), lambda job: job[2].rgb.shape, self.args.batch):
                 self._group(group)
@@ -405,7 +448,7 @@ class _Run:
 
     def _fail(self, src: Path, dst: Path, e: CompsrtError, seconds: float) -> None:
         self.records.append(_record(src, dst, self.label, seconds, "failed", str(e)))
-        if not self.folder_out:
+        if not self.folder_out and not self.dist.joined:
             raise e
         self.failed.append(src.name)
         self.bar.update(1)

@@ -42,27 +42,34 @@ def make_pair(hr: np.ndarray, s: int, name: str = "") -> Pair:
     return Pair(name, downscale_uint8(hr, s), hr)
 
 
-def load_benchmark(root: Path, set_name: str, scale: int) -> list[Pair]:
-    """All pairs of one benchmark set at ``scale``; LR made where its file is missing."""
-    base = Path(root) / set_name
-    hr_dir = base / "HR"
+def benchmark_hr_paths(root: Path, set_name: str) -> list[Path]:
+    """The HR image files of one benchmark set, sorted by name (what :func:`load_benchmark` loads)."""
+    hr_dir = Path(root) / set_name / "HR"
     if not hr_dir.is_dir():
         raise CompsrtError(f"{hr_dir}: missing; expected <data>/{set_name}/HR/*.png")
-    pairs = []
-    for p in list_images(hr_dir):
-        hr = read_rgb_uint8(p)
-        lr_path = base / "LR_bicubic" / f"X{scale}" / f"{p.stem}x{scale}.png"
-        if lr_path.is_file():
-            lr = read_rgb_uint8(lr_path)
-            hr = hr[: lr.shape[0] * scale, : lr.shape[1] * scale]
-            if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
-                raise CompsrtError(f"{lr_path}: size {lr.shape[:2]} does not match HR {p} at x{scale}")
-            pairs.append(Pair(p.stem, lr, hr))
-        else:
-            pairs.append(make_pair(hr, scale, p.stem))
-    if not pairs:
+    paths = list_images(hr_dir)
+    if not paths:
         raise CompsrtError(f"{hr_dir}: no images")
-    return pairs
+    return paths
+
+
+def load_benchmark_pair(root: Path, set_name: str, hr_path: Path, scale: int) -> Pair:
+    """One pair of a benchmark set: its HR file and the LR file beside it, or the LR made from it."""
+    base = Path(root) / set_name
+    hr = read_rgb_uint8(hr_path)
+    lr_path = base / "LR_bicubic" / f"X{scale}" / f"{hr_path.stem}x{scale}.png"
+    if not lr_path.is_file():
+        return make_pair(hr, scale, hr_path.stem)
+    lr = read_rgb_uint8(lr_path)
+    hr = hr[: lr.shape[0] * scale, : lr.shape[1] * scale]
+    if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
+        raise CompsrtError(f"{lr_path}: size {lr.shape[:2]} does not match HR {hr_path} at x{scale}")
+    return Pair(hr_path.stem, lr, hr)
+
+
+def load_benchmark(root: Path, set_name: str, scale: int) -> list[Pair]:
+    """All pairs of one benchmark set at ``scale``; LR made where its file is missing."""
+    return [load_benchmark_pair(root, set_name, p, scale) for p in benchmark_hr_paths(root, set_name)]
 
 
 def load_training_pairs(folders: list[Path], scale: int, progress: bool = True) -> list[Pair]:

@@ -2,7 +2,7 @@
 
 Layers, low to high: kernels < model < quant < runtime < calib < the top-level modules and the
 ``__main__`` CLIs (cli, eval, train, load, pack, size). config, errors, io, budget, metrics,
-resize, data, device, schedule and state are shared utilities any layer may import. Lazy imports inside functions count too.
+resize, data, device, distributed, schedule and state are shared utilities any layer may import. Lazy imports inside functions count too.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "compsrt"
 RANK = {"kernels": 0, "model": 1, "quant": 2, "runtime": 3, "calib": 4}
-SHARED = {"config", "errors", "io", "budget", "metrics", "resize", "data", "device", "schedule", "state"}
+SHARED = {"config", "errors", "io", "budget", "metrics", "resize", "data", "device", "distributed", "schedule",
+          "state"}
 
 
 def _module(path: Path) -> str:

@@ -8,6 +8,10 @@ runs (``compsrt-infer --weights``, ``python -m compsrt.eval --weights``), beside
 ``C/calibrated.safetensors`` (the trained fake-quant form, which ``python -m compsrt.pack``
 re-packs), ``C/report.json``, ``C/report.md`` and the resumable state
 ``C/calib_state.safetensors``. ``--eval-data`` scores the packed model.
+
+Data parallel: ``torchrun --nproc-per-node N -m compsrt.calib ...`` (each rank on its own GPU,
+or gloo processes on the CPU): the same run, its global batch (``--batch``) split over the
+ranks; rank 0 alone writes files. Commands and measurements: docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch
 from ..config import LOSSES, LR_UNITS, CalibConfig
 from ..data import load_training_pairs, split_holdout
 from ..device import parse_device
+from ..distributed import Dist, prog_name, session
 from ..errors import CompsrtError
 from ..io import atomic_path
 from ..quant.compress import save_calibrated
@@ -129,6 +134,7 @@ def write_report(out: Path, report: dict) -> None:
              f"- quant: {json.dumps(c['quant'])}", f"- calib: {json.dumps(c['calib'])}",
              f"- DOBI {r['dobi_seconds']:.1f} s; finetuning {r['finetune_seconds']:.1f} s for {r['iters_done']} "
              f"iterations ({r['seconds_per_iter']:.2f} s/iter incl. validation) on {c['device']}"
+             + (f" x {c['ranks']} ranks" if c.get("ranks") else "")
              + (f", step: {r['step_mode']}" if r.get("step_mode") else ""),
              f"- held-out training patches PSNR: FP {r['fp_val_psnr_db']:.3f}, after DOBI "
              f"{r['start_val_psnr_db']:.3f}, kept {r['best_val_psnr_db']:.3f} dB (iteration {r['best_iter']})",
@@ -149,6 +155,7 @@ def write_report(out: Path, report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    prog = prog_name("compsrt.calib")
     try:
         quant = method_config(a.method, a.bits, a.official_rotation, a.rotate, a.prune, a.prune_mode,
                               exact_dc=a.exact_dc, row_mean=a.row_mean)
@@ -157,41 +164,80 @@ def main(argv: list[str] | None = None) -> int:
         if a.arch != "swinir-light" and cfg.feature_loss > 0:
             raise ValueError(f"--feature-loss taps SwinIR-light's stage outputs; it is not available for {a.arch}")
     except ValueError as e:
-        print(f"compsrt.calib: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     try:
-        device = parse_device(a.device)
-        state = a.out / "calib_state.safetensors"
-        if state.exists() and not a.resume:
-            raise CompsrtError(f"{a.out}: holds a calibration run; pass --resume to continue it or choose another --out")
-        data = a.data or [bundled_calib_images()]
-        for d in data:
-            if not Path(d).is_dir():
-                raise CompsrtError(f"{d}: not a folder of training images")
-        if a.eval_data is not None and not a.eval_data.is_dir():
-            raise CompsrtError(f"{a.eval_data}: not a benchmark folder")
-        fp = load_model(a.weights, a.scale, arch=a.arch)
-        pairs = [p for p in load_training_pairs(list(data), a.scale, progress=not a.quiet)
-                 if min(p.lr.shape[:2]) >= cfg.patch]
-        if len(pairs) <= a.val_images:
-            raise CompsrtError(f"need more than {a.val_images} training images of at least {cfg.patch * a.scale}px "
-                               f"in {', '.join(map(str, data))}; found {len(pairs)}")
-        train, val = split_holdout(pairs, a.val_images)
+        with session(parse_device(a.device)) as dist:
+            _run(a, argv, quant, cfg, dist)
+    except (CompsrtError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except CalibrationInterrupted as e:
+        where = f"{a.out / 'calib_state.safetensors'} holds iteration {e.iteration}" if e.saved else "nothing saved"
+        print(f"{prog}: interrupted; {where}: run the same command with --resume to continue", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted before finetuning began; nothing saved", file=sys.stderr)
+        return 130
+    if dist.is_main:
+        print((a.out / "report.md").read_text())
+    return 0
+
+
+def _check_out(a: argparse.Namespace, state: Path) -> None:
+    if state.exists() and not a.resume:
+        raise CompsrtError(f"{a.out}: holds a calibration run; pass --resume to continue it or choose another --out")
+
+
+def _same_inputs(dist: Dist, identity: dict) -> None:
+    """Every rank must calibrate the same weights on the same data (and options): checked against rank 0's."""
+    every = dist.all_gather_json(identity, "comparing the ranks' inputs")
+    for r, other in enumerate(every[1:], 1):
+        diff = sorted(k for k in every[0] if other.get(k) != every[0][k])
+        if diff:
+            raise CompsrtError(f"rank {r} has other inputs than rank 0 ({', '.join(diff)} differ); give every rank the "
+                               "same options and the same --weights and --data files")
+
+
+def _run(a: argparse.Namespace, argv: list[str] | None, quant, cfg: CalibConfig, dist: Dist) -> None:
+    """Calibrate and write the outputs (rank 0); a data-parallel run's ranks all come here."""
+    device, main = dist.device, dist.is_main
+    state = a.out / "calib_state.safetensors"
+    dist.decide(lambda: _check_out(a, state), "checking --out")
+    data = a.data or [bundled_calib_images()]
+    for d in data:
+        if not Path(d).is_dir():
+            raise CompsrtError(f"{d}: not a folder of training images")
+    if a.eval_data is not None and not a.eval_data.is_dir():
+        raise CompsrtError(f"{a.eval_data}: not a benchmark folder")
+    fp = load_model(a.weights, a.scale, arch=a.arch)
+    pairs = [p for p in load_training_pairs(list(data), a.scale, progress=not a.quiet and main)
+             if min(p.lr.shape[:2]) >= cfg.patch]
+    if len(pairs) <= a.val_images:
+        raise CompsrtError(f"need more than {a.val_images} training images of at least {cfg.patch * a.scale}px "
+                           f"in {', '.join(map(str, data))}; found {len(pairs)}")
+    train, val = split_holdout(pairs, a.val_images)
+    if main:
         a.out.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        identity = {"method": a.method, "arch": a.arch, "scale": a.scale, "val_images": a.val_images,
-                    "weights_sha256": source_sha256(str(a.weights) if a.weights else "bundled", a.scale, a.arch),
-                    "data_sha256": _data_identity(data)}
-        model, rep = calibrate(fp, train, val, quant, cfg, state, a.resume, not a.quiet, device, identity=identity,
-                               minutes=a.minutes)
-        wall = time.perf_counter() - t0
-        weights_name = str(a.weights) if a.weights else f"bundled {a.arch.replace('-', '_')}_x{a.scale}"
-        config = {"method": a.method, "arch": a.arch, "layers": quant.layers, "scale": a.scale, "weights": weights_name, "data": [str(d) for d in data],
-                  "device": str(device), "quant": asdict(quant), "calib": rep.calib}
-        command = "python -m compsrt.calib " + " ".join(sys.argv[1:] if argv is None else argv)
-        prov = {**config, "iters_done": rep.iters_done, "command": command}
+    t0 = time.perf_counter()
+    identity = {"method": a.method, "arch": a.arch, "scale": a.scale, "val_images": a.val_images,
+                "weights_sha256": source_sha256(str(a.weights) if a.weights else "bundled", a.scale, a.arch),
+                "data_sha256": _data_identity(data)}
+    if dist.joined:
+        _same_inputs(dist, identity)
+    model, rep = calibrate(fp, train, val, quant, cfg, state, a.resume, not a.quiet, device, identity=identity,
+                           minutes=a.minutes, dist=dist)
+    wall = time.perf_counter() - t0
+    weights_name = str(a.weights) if a.weights else f"bundled {a.arch.replace('-', '_')}_x{a.scale}"
+    config = {"method": a.method, "arch": a.arch, "layers": quant.layers, "scale": a.scale, "weights": weights_name,
+              "data": [str(d) for d in data], "device": str(device), "quant": asdict(quant), "calib": rep.calib}
+    if dist.joined:
+        config["ranks"] = dist.world
+    command = "python -m compsrt.calib " + " ".join(sys.argv[1:] if argv is None else argv)
+    prov = {**config, "iters_done": rep.iters_done, "command": command}
+    report = {"config": config, "wall_seconds": wall, "calibration": asdict(rep)}
+    if main:
         save_calibrated(model.cpu(), a.out / "calibrated.safetensors", provenance=prov)
-        report = {"config": config, "wall_seconds": wall, "calibration": asdict(rep)}
         if quant.bits in (2, 3, 4) and quant.rotation != "official":
             # packed from the model in memory (what python -m compsrt.pack would make of the file above)
             tensors, header = pack_model(model, "fp16", prov, identity["weights_sha256"], command)
@@ -199,28 +245,19 @@ def main(argv: list[str] | None = None) -> int:
             report["packed_bytes"] = (a.out / "model.safetensors").stat().st_size
         else:   # 8 bits and the official rotate-back mode are fake-quant studies: nothing to pack
             save_calibrated(model, a.out / "model.safetensors", provenance=prov)
-        if a.eval_data is not None:
-            from ..eval import evaluate
+    if a.eval_data is not None:
+        from ..eval import evaluate
 
-            packed = load_model(a.out / "model.safetensors", a.scale, arch=a.arch, device=device)
-            q = evaluate(packed, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet)
-            f = evaluate(fp, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet)
-            report["eval"] = {n: {"psnr_db": q[n]["psnr_db"], "ssim": q[n]["ssim"], "fp_psnr_db": f[n]["psnr_db"],
-                                  "fp_ssim": f[n]["ssim"], "seconds_per_image": q[n]["seconds_per_image"]}
-                              for n in a.eval_sets}
+        with dist.rank0_file(a.out / "model.safetensors", "sharing the packed model") as path:
+            packed = load_model(path, a.scale, arch=a.arch, device=device)
+        q = evaluate(packed, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet, dist=dist)
+        f = evaluate(fp, a.eval_data, a.eval_sets, a.scale, device, progress=not a.quiet, dist=dist)
+        report["eval"] = {n: {"psnr_db": q[n]["psnr_db"], "ssim": q[n]["ssim"], "fp_psnr_db": f[n]["psnr_db"],
+                              "fp_ssim": f[n]["ssim"], "seconds_per_image": q[n]["seconds_per_image"]}
+                          for n in a.eval_sets}
+    if main:
         write_report(a.out, report)
-    except (CompsrtError, OSError) as e:
-        print(f"compsrt.calib: error: {e}", file=sys.stderr)
-        return 2
-    except CalibrationInterrupted as e:
-        where = f"{a.out / 'calib_state.safetensors'} holds iteration {e.iteration}" if e.saved else "nothing saved"
-        print(f"compsrt.calib: interrupted; {where}: run the same command with --resume to continue", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("compsrt.calib: interrupted before finetuning began; nothing saved", file=sys.stderr)
-        return 130
-    print((a.out / "report.md").read_text())
-    return 0
+    dist.barrier("waiting for rank 0 to write the outputs")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,18 @@ and the reason reported. Keep-best uses held-out *training* patches: the state w
 closest to the FP model's (PSNR against the FP output; PSNR against HR is reported beside it).
 The state is checkpointed atomically (:mod:`compsrt.state`) so ``resume=True`` continues where a
 run stopped; batches come from ``default_rng([seed, iteration])``, so a resumed run sees the same data.
+
+Data parallel (``dist``, several ranks started by torchrun; docs/distributed.md): every rank draws
+the same global batch and runs its own slice of it (:meth:`~compsrt.distributed.Dist.batch_slice`);
+the loss of a slice is weighted by its share of the batch, so the ranks' gradients sum to the
+gradient of the whole batch's loss, and that sum, the quantizer scalars' flat gradient with the
+weighted loss appended, is all-reduced once per step (inside the graph where the step is graphed),
+before the update every rank then applies alike. Rank 0 alone searches the bounds (DOBI, on the
+whole calibration batch, exactly as one process) and broadcasts them; it alone reads and writes the
+state, runs the keep-best checks and the time budget, and broadcasts what the others need: the
+resumed state, the run's (shortened) length, and at the end the kept state. A Ctrl-C on any rank
+stops all at the end of the same iteration. The state holds nothing of the number of ranks, so a
+run resumes with another number.
 """
 from __future__ import annotations
 
@@ -27,7 +39,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -38,6 +50,7 @@ from torch import Tensor, nn
 from ..budget import TimeBudget
 from ..config import CalibConfig, QuantConfig
 from ..data import Pair, random_patches
+from ..distributed import Dist
 from ..errors import CompsrtError
 from ..metrics import psnr
 from ..quant.compress import compress_, set_calibrating
@@ -47,7 +60,7 @@ from ..state import read_state, write_state
 from .dobi import dobi
 from .graphed_step import CudaGraph, Graph, GraphedStep, graph_unsupported, routing_rng
 from .scalar_adam import ScalarAdam
-from .step import StageTaps, finetune_step_
+from .step import StageTaps, distill_loss, finetune_step_, update_
 
 
 @dataclass
@@ -67,6 +80,7 @@ class CalibReport:
     seconds_per_iter: float = float("nan")
     stopped: str = ""                           # why training stopped early, if it did
     step_mode: str = ""                         # "cuda graph", or "eager" and why not a graph
+    ranks: int = 1                              # data-parallel ranks (torchrun) of the run's last part
     history: list[dict] = field(default_factory=list)
 
 
@@ -250,11 +264,83 @@ def cosine_lr_(opt: ScalarAdam, it: int, iters: int) -> None:
     opt.scale = cosine(it, max(1, iters), 1.0, 0.01)
 
 
+def _qparams(model: nn.Module) -> list[Tensor]:
+    """Every quantizer's four scalars (trained or not), in model order: what DOBI sets."""
+    return [p for q in quantizers(model) for p in (q.lower, q.upper, q.step_extra, q.zero_extra)]
+
+
+def _local_grad_and_loss(student: nn.Module, teacher: nn.Module, x: Tensor, opt: ScalarAdam, cfg: CalibConfig,
+                         share: float, taps: tuple[StageTaps, StageTaps] | None = None) -> Tensor:
+    """Backward of this rank's loss on its slice ``x``, weighted by its ``share`` of the global batch
+    (a mean over the slice; the weighted means sum to the mean over the batch, and so do their
+    gradients); returns ``[gradient of every quantizer scalar..., weighted loss]``, one flat vector."""
+    loss = distill_loss(student, teacher, x, cfg, taps)
+    if share != 1.0:
+        loss = loss * share
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    return torch.cat([opt.grads(), loss.detach().reshape(1)])
+
+
+def _apply_reduced_(flat: Tensor, opt: ScalarAdam, qs: list, cfg: CalibConfig) -> None:
+    """Give each parameter its summed gradient from ``flat``, then clip, Adam and the step guard."""
+    for p, g in zip(opt.params, flat[:-1].unbind()):
+        p.grad = g
+    update_(opt, qs, cfg)
+
+
+def data_parallel_step_(student: nn.Module, teacher: nn.Module, x: Tensor, opt: ScalarAdam, qs: list,
+                        cfg: CalibConfig, dist: Dist, share: float,
+                        taps: tuple[StageTaps, StageTaps] | None = None) -> Tensor:
+    """One DQC update of a data-parallel run on this rank's slice ``x`` (``share`` of the batch):
+    backward, one all-reduce of the gradient and the loss, then the update every rank applies
+    alike. Returns the whole batch's loss, and updates nothing when it is not finite (a decision
+    every rank makes on the same number)."""
+    flat = dist.all_reduce_(_local_grad_and_loss(student, teacher, x, opt, cfg, share, taps), "the gradient all-reduce")
+    loss = flat[-1]
+    if not torch.isfinite(loss):
+        return loss
+    opt.advance()
+    _apply_reduced_(flat, opt, qs, cfg)
+    return loss
+
+
+class DataParallelGraphedStep(GraphedStep):
+    """:class:`.graphed_step.GraphedStep` replaying :func:`data_parallel_step_`'s device work, the
+    all-reduce included (NCCL collectives can be captured in a CUDA graph). Every rank must run
+    the graph or none (:func:`_agreed_reason`)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, opt: ScalarAdam, qs: list, cfg: CalibConfig,
+                 x: Tensor, graph: Graph, dist: Dist, share: float) -> None:
+        super().__init__(student, teacher, opt, qs, cfg, x, graph)
+        self.dist, self.share = dist, share
+
+    def _body(self) -> None:
+        flat = self.dist.all_reduce_(_local_grad_and_loss(self.student, self.teacher, self.x, self.opt, self.cfg,
+                                                          self.share), "the gradient all-reduce")
+        _apply_reduced_(flat, self.opt, self.qs, self.cfg)
+        self.loss.copy_(flat[-1])
+
+
+def _agreed_reason(dist: Dist, why: str) -> str:
+    """"" when every rank's graph is ready, else the first rank's reason why not (all then run eagerly)."""
+    reasons = dist.all_gather_json(why, "agreeing on the CUDA graph")
+    return next((f"rank {r}: {w}" if dist.world > 1 else w for r, w in enumerate(reasons) if w), "")
+
+
+def _agreed_control(dist: Dist, cfg: CalibConfig, interrupted: bool) -> tuple[CalibConfig, bool]:
+    """Rank 0's run length (its time budget's) and whether any rank was interrupted: one all-reduce."""
+    v = torch.tensor([cfg.iters if dist.is_main else 0, int(interrupted)], dtype=torch.int64, device=dist.comm_device)
+    iters, interrupts = dist.all_reduce_(v, "agreeing on the run's length").tolist()
+    return (cfg if iters == cfg.iters else replace(cfg, iters=iters)), interrupts > 0
+
+
 def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantConfig, cfg: CalibConfig,
               state_path: Path | None = None, resume: bool = False, progress: bool = True,
               device: str | torch.device = "cpu", minutes: float = 0.0,
               graph: Callable[[], Graph] | None = None,
-              identity: dict | None = None, student: nn.Module | None = None) -> tuple[nn.Module, CalibReport]:
+              identity: dict | None = None, student: nn.Module | None = None,
+              dist: Dist | None = None) -> tuple[nn.Module, CalibReport]:
     """Quantize ``fp`` with DOBI + DQC; returns the calibrated model (best state) and a report.
 
     Args:
@@ -274,9 +360,17 @@ def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantCon
             and then changed by the caller (some quantizers frozen, at other bit widths, or
             with an ``override``: what the diagnostics in research/ do); modified in place and
             returned. None (the default): ``compress_`` of a copy of ``fp``.
+        dist: the ranks of a data-parallel run (:mod:`compsrt.distributed`; see the module's
+            docstring); ``cfg.batch`` is the global batch. Every rank returns the kept model;
+            rank 0's report is the run's. None: one process.
     """
     from tqdm import tqdm
 
+    dist = dist or Dist()
+    if dist.world > cfg.batch:
+        raise CompsrtError(f"{dist.world} ranks share a batch of {cfg.batch} patches: give --batch {dist.world} or "
+                           "more (each rank needs at least one), or start fewer ranks")
+    main = dist.is_main
     budget = TimeBudget(minutes)
 
     device = torch.device(device)
@@ -288,24 +382,37 @@ def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantCon
         raise ValueError("calibrate(): the student was compressed with another QuantConfig than quant")
     student = student.to(device).eval().recompute_blocks(cfg.recompute)
     report = CalibReport(quant=asdict(quant), calib=asdict(cfg))
-    vlr, vhr = val_patches(val, cfg.val_patches, cfg.patch, s, cfg.seed)
-    with torch.no_grad():
-        vfp = teacher(_to_input(vlr, device)).clamp(0, 1)
+    if main:   # the keep-best patches: rank 0 alone validates
+        vlr, vhr = val_patches(val, cfg.val_patches, cfg.patch, s, cfg.seed)
+        with torch.no_grad():
+            vfp = teacher(_to_input(vlr, device)).clamp(0, 1)
     start, best = 0, {}
-    resuming = resume and state_path is not None and state_path.exists()
+    resuming = dist.decide(lambda: resume and state_path is not None and state_path.exists(), "the --resume decision")
     run = _run_config(quant, cfg, identity)
     if not resuming:
-        t0 = time.perf_counter()
-        search_bounds_(student, train, cfg, device)
-        report.dobi_seconds = time.perf_counter() - t0
-        report.fp_val_psnr_db = _hr_psnr(vfp, vhr, s)
-        report.start_val_psnr_db, report.start_fidelity_db, report.start_val_l1 = val_scores(
-            student, vlr, vhr, vfp, s, device)
-        report.best_val_psnr_db, report.best_fidelity_db = report.start_val_psnr_db, report.start_fidelity_db
-        best = _qstate(student)
+        if main:
+            t0 = time.perf_counter()
+            search_bounds_(student, train, cfg, device)
+            report.dobi_seconds = time.perf_counter() - t0
+            report.fp_val_psnr_db = _hr_psnr(vfp, vhr, s)
+            report.start_val_psnr_db, report.start_fidelity_db, report.start_val_l1 = val_scores(
+                student, vlr, vhr, vfp, s, device)
+            report.best_val_psnr_db, report.best_fidelity_db = report.start_val_psnr_db, report.start_fidelity_db
+            best = _qstate(student)
+        dist.broadcast_(_qparams(student), "broadcasting the DOBI bounds")
     opt = quant_optimizer(student, cfg)
     if resuming:
-        start, best, report = _load_state(state_path, student, opt, run)
+        def load() -> list[int]:
+            nonlocal best, report
+            it, best, report = _load_state(state_path, student, opt, run)
+            return [it, opt.steps]
+
+        start, opt.steps = dist.decide(load, "reading the calibration state")
+        dist.broadcast_([*_qparams(student), opt.exp_avg, opt.exp_avg_sq, opt.base_lrs],
+                        "broadcasting the resumed state")
+    report.ranks = dist.world
+    part = dist.batch_slice(cfg.batch)   # this rank's patches of every batch
+    share = (part.stop - part.start) / cfg.batch
     taps = (StageTaps(student), StageTaps(teacher)) if cfg.feature_loss > 0 else None
     qs, params = quantizers(student), opt.params
     last_good = [p.detach().clone() for p in params]
@@ -315,19 +422,27 @@ def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantCon
     t_start, done_here = time.perf_counter(), 0
     budget.loop_started()
     bar = tqdm(range(start, cfg.iters), initial=start, total=cfg.iters, desc=f"DQC w{quant.bits}a{quant.bits}",
-               disable=not progress)
+               disable=not progress or not main)
     with _DeferredInterrupt() as interrupt:
         for it in bar:
             lr_np, _ = random_patches(train, np.random.default_rng([cfg.seed, it]), cfg.batch, cfg.patch, s)
-            x = _to_input(lr_np, device)
+            x = _to_input(lr_np[part], device)
             cosine_lr_(opt, it, cfg.iters)
             if build_graph:   # on the first batch; the state is left as it was
-                build_graph, graphed = False, GraphedStep(student, teacher, opt, qs, cfg, x, (graph or CudaGraph)())
-                why_eager = graphed.build(x)
+                build_graph = False
+                if dist.joined:
+                    graphed = DataParallelGraphedStep(student, teacher, opt, qs, cfg, x, (graph or CudaGraph)(), dist,
+                                                      share)
+                    why_eager = _agreed_reason(dist, graphed.build(x))
+                else:
+                    graphed = GraphedStep(student, teacher, opt, qs, cfg, x, (graph or CudaGraph)())
+                    why_eager = graphed.build(x)
                 if why_eager:
                     graphed, report.step_mode = None, f"eager ({why_eager})"
             if graphed is not None:
                 loss = graphed.step(x).item()
+            elif dist.joined:
+                loss = data_parallel_step_(student, teacher, x, opt, qs, cfg, dist, share, taps).item()
             else:
                 loss = finetune_step_(student, teacher, x, opt, qs, cfg, taps).item()   # already synced by its check
             if not math.isfinite(loss):   # (a graph's step has updated anyway: the kept state is loaded below)
@@ -343,11 +458,11 @@ def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantCon
             done_here += 1
             report.iters_done = it + 1
             bar.set_postfix(loss=f"{loss:.5f}")
-            fitted = budget.shorten(cfg, report.iters_done, bar)
+            fitted = budget.shorten(cfg, report.iters_done, bar) if main else cfg
             if fitted is not cfg:
                 cfg = fitted
                 report.calib = asdict(cfg)
-            if report.iters_done % cfg.val_every == 0 or report.iters_done == cfg.iters:
+            if main and (report.iters_done % cfg.val_every == 0 or report.iters_done == cfg.iters):
                 score, fid, l1 = val_scores(student, vlr, vhr, vfp, s, device)
                 report.history.append({"iteration": report.iters_done, "val_psnr_db": round(score, 4),
                                        "val_fidelity_db": round(fid, 4), "val_l1": round(l1, 6),
@@ -357,9 +472,12 @@ def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantCon
                     report.best_iter, best = report.iters_done, _qstate(student)
                 if state_path is not None:
                     _save_state(state_path, student, opt, report.iters_done, best, report, run)
-            if interrupt.requested:
+            interrupted = interrupt.requested
+            if dist.joined:   # rank 0's run length (its budget), anyone's Ctrl-C
+                cfg, interrupted = _agreed_control(dist, cfg, interrupted)
+            if interrupted:
                 saved = state_path is not None
-                if saved:
+                if saved and main:
                     _save_state(state_path, student, opt, report.iters_done, best, report, run)
                 raise CalibrationInterrupted(report.iters_done, saved)
             if report.iters_done >= cfg.iters:
@@ -370,5 +488,9 @@ def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantCon
     for tap in taps or ():
         for h in tap.handles:
             h.remove()
+    if dist.joined:   # rank 0's kept state, on every rank
+        mine = _qstate(student)
+        best = best if main else mine
+        dist.broadcast_([best[k] for k in sorted(mine)], "broadcasting the kept state")
     student.load_state_dict(best, strict=False)
     return student, report
