@@ -124,3 +124,21 @@ def test_fake_quant_backward(capsys):
     research("fake_quant_backward").main(["--scale", "0.002", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "| where(mask, g, 0) |" in out and "| fc2 input (8192, 128) |" in out
+
+
+def test_mambairv2_runs_table(tmp_path, capsys):
+    """research/mambairv2_runs.py: its run list and the table it makes from eval JSONs (fabricated
+    figures here, only the shape is checked: a compsrt/2dquant pair gives a paired-test row)."""
+    mod = research("mambairv2_runs")
+    assert "x2_w4_compsrt_official" in mod.RUNS and "x2_w2_2dquant_full" in mod.RUNS
+    for name, bump in (("x2_w2_compsrt_official", 0.1), ("x2_w2_2dquant_official", 0.0)):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "model.safetensors").write_bytes(b"0" * 10)
+        results = {s: {"psnr_db": 30 + bump, "ssim": 0.9, "images": [
+            {"image": f"{i}.png", "psnr_db": 30 + bump + i / 10, "ssim": 0.9} for i in range(4)]} for s in mod.SETS}
+        (out / "eval.json").write_text(json.dumps({"results": results}))
+    assert mod.main(["table", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| x2_w2_compsrt_official | x2 | W2A2 | compsrt | official | 10 | 30.100 / 0.9000" in out
+    assert "| x2 W2 official | 12 | +0.100 | 12 |" in out
