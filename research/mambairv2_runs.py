@@ -1,6 +1,6 @@
 """Issue 20's MambaIRv2-light table: calibrate, evaluate and tabulate the runs, resumably.
 
-    python research/mambairv2_runs.py run [--only NAME ...] [--jobs 2] [--root runs/mamba]
+    python research/mambairv2_runs.py run --bench BENCH [--only NAME ...] [--jobs 2] [--root runs/mamba]
     python research/mambairv2_runs.py table [--root runs/mamba] > docs/calib/mambairv2_table.md
 
 ``run`` calibrates each run of :data:`RUNS` (the quick CPU default, the bundled crops) into
@@ -20,7 +20,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-BENCH = Path("../shared/data/benchmark")
 SETS = ("Set5", "Set14", "B100")
 # name -> (scale, bits, method, layers), most wanted first
 RUNS = {f"x{s}_w{b}_{m}_{layers}": (s, b, m, layers)
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("run", "table"))
     p.add_argument("--root", type=Path, default=Path("runs/mamba"))
-    p.add_argument("--bench", type=Path, default=BENCH)
+    p.add_argument("--bench", type=Path, help="benchmark folder (<Set>/HR, <Set>/LR_bicubic/X<s>); needed by run")
     p.add_argument("--only", nargs="+", choices=list(RUNS) + [f"{n}_unclamped" for n in RUNS if RUNS[n][1] == 2],
                    help="runs to do (NAME_unclamped: the unclamped-codes diagnostic of a W2 run)")
     p.add_argument("--jobs", type=int, default=1)
@@ -121,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.what == "table":
         print(table(a.root))
         return 0
+    if a.bench is None or not a.bench.is_dir():
+        p.error("run needs --bench, a benchmark folder holding Set5, Set14 and B100")
     names = a.only or list(RUNS)
     with ThreadPoolExecutor(a.jobs) as pool:
         for msg in pool.map(lambda n: run_one(a.root, n, a.bench), names):
