@@ -8,6 +8,42 @@ from dataclasses import dataclass
 MAX_PARAMETERS = 100_000_000   # SwinIR-light has 0.9M, the classical SwinIR 12M
 
 
+def check_common(cfg, extra_ints: dict[str, int], tops: dict[str, int]) -> None:
+    """The checks both architectures' configs share, so that a damaged or hostile file header cannot
+    build a nonsensical model or ask for a huge allocation: ``in_chans``, ``embed_dim``,
+    ``window_size``, ``depths``, ``num_heads`` (and ``extra_ints``, name -> value) are positive
+    integers; ``tops`` (name -> bound) and the blocks and heads are bounded; heads divide the width;
+    an even window; 3 input channels, a finite ``rgb_mean`` and a sane ``mlp_ratio`` and ``img_range``.
+
+    Raises:
+        ValueError: the first check that fails, naming the field.
+    """
+    sizes = {"in_chans": (cfg.in_chans,), "embed_dim": (cfg.embed_dim,), "window_size": (cfg.window_size,),
+             "depths": cfg.depths, "num_heads": cfg.num_heads, **{k: (v,) for k, v in extra_ints.items()}}
+    for name, vals in sizes.items():
+        if not vals or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in vals):
+            raise ValueError(f"{name} must be positive integers, got {vals}")
+    if len(cfg.depths) != len(cfg.num_heads):
+        raise ValueError(f"depths {cfg.depths} and num_heads {cfg.num_heads} differ in length")
+    bounds = [(name, sizes[name][0], top) for name, top in tops.items()]
+    for name, value, top in (*bounds, ("num_heads", max(cfg.num_heads), 64), ("depths", max(cfg.depths), 64),
+                             ("sum(depths)", sum(cfg.depths), 256), ("len(depths)", len(cfg.depths), 16)):
+        if value > top:
+            raise ValueError(f"{name} must be at most {top}, got {value}")
+    for h in cfg.num_heads:
+        if cfg.embed_dim % h:
+            raise ValueError(f"embed_dim {cfg.embed_dim} is not divisible by num_heads {h}")
+    if cfg.window_size < 2 or cfg.window_size % 2:
+        raise ValueError(f"window_size must be an even number >= 2, got {cfg.window_size}")
+    if cfg.in_chans != 3:
+        raise ValueError(f"in_chans must be 3 (the model subtracts a 3-channel rgb_mean), got {cfg.in_chans}")
+    if len(cfg.rgb_mean) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in cfg.rgb_mean):
+        raise ValueError(f"rgb_mean must be 3 finite numbers, got {cfg.rgb_mean}")
+    for name, value, top in (("mlp_ratio", cfg.mlp_ratio, 8.0), ("img_range", cfg.img_range, 1e4)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
+            raise ValueError(f"{name} must be a number in (0, {top:g}], got {value}")
+
+
 @dataclass(frozen=True)
 class SwinIRConfig:
     """SwinIR-light hyper-parameters (the official lightweight configuration by default).
@@ -29,31 +65,7 @@ class SwinIRConfig:
     def __post_init__(self) -> None:
         if self.scale not in (2, 3, 4):
             raise ValueError(f"scale must be 2, 3 or 4, got {self.scale}")
-        sizes = {"in_chans": (self.in_chans,), "embed_dim": (self.embed_dim,), "window_size": (self.window_size,),
-                 "depths": self.depths, "num_heads": self.num_heads}
-        for name, vals in sizes.items():
-            if not vals or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in vals):
-                raise ValueError(f"{name} must be positive integers, got {vals}")
-        if len(self.depths) != len(self.num_heads):
-            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
-        for h in self.num_heads:
-            if self.embed_dim % h:
-                raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {h}")
-        if self.window_size < 2 or self.window_size % 2:
-            raise ValueError(f"window_size must be an even number >= 2, got {self.window_size}")
-        # Sane upper bounds, so that a damaged or hostile header cannot ask for a huge allocation.
-        for name, value, top in (("embed_dim", self.embed_dim, 1024), ("window_size", self.window_size, 64),
-                                 ("num_heads", max(self.num_heads), 64), ("depths", max(self.depths), 64),
-                                 ("sum(depths)", sum(self.depths), 256), ("len(depths)", len(self.depths), 16)):
-            if value > top:
-                raise ValueError(f"{name} must be at most {top}, got {value}")
-        if self.in_chans != 3:
-            raise ValueError(f"in_chans must be 3 (the model subtracts a 3-channel rgb_mean), got {self.in_chans}")
-        if len(self.rgb_mean) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.rgb_mean):
-            raise ValueError(f"rgb_mean must be 3 finite numbers, got {self.rgb_mean}")
-        for name, value, top in (("mlp_ratio", self.mlp_ratio, 8.0), ("img_range", self.img_range, 1e4)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= top:
-                raise ValueError(f"{name} must be a number in (0, {top:g}], got {value}")
+        check_common(self, extra_ints={}, tops={"embed_dim": 1024, "window_size": 64})
         if self.mlp_hidden < 1:
             raise ValueError(f"mlp_ratio {self.mlp_ratio} gives an MLP of {self.mlp_hidden} channels; need at least 1")
         if self.parameter_count > MAX_PARAMETERS:

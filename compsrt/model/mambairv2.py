@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..config import check_common
 from ..errors import CompsrtError
 from ..kernels.selective_scan import selective_scan
 from .swinir import Attend, relative_position_index, shift_mask, window_partition
@@ -71,18 +72,12 @@ class MambaIRv2Config:
     def __post_init__(self) -> None:
         if self.scale not in (2, 3, 4):
             raise ValueError(f"scale must be 2, 3 or 4, got {self.scale}")
-        if len(self.depths) != len(self.num_heads):
-            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} differ in length")
-        for h in self.num_heads:
-            if self.embed_dim % h:
-                raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {h}")
-        if self.window_size < 2 or self.window_size % 2:
-            raise ValueError(f"window_size must be an even number >= 2, got {self.window_size}")
+        check_common(self, extra_ints={"d_state": self.d_state, "inner_rank": self.inner_rank,
+                                        "num_tokens": self.num_tokens},
+                     tops={"embed_dim": 1024, "window_size": 64, "d_state": 256, "inner_rank": 1024,
+                           "num_tokens": 4096})
         if self.mlp_hidden < 2 or self.mlp_hidden % 2:
             raise ValueError(f"embed_dim * mlp_ratio must be an even number >= 2, got {self.mlp_hidden}")
-        for f in ("embed_dim", "d_state", "inner_rank", "num_tokens"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
         if self.embed_dim < 3:
             raise ValueError(f"embed_dim must be >= 3 (the router's width is embed_dim // 3), got {self.embed_dim}")
 

@@ -52,9 +52,6 @@ from .qmodules import Quantizer, QuantAttend, QuantLinear, QuantWeightParam, Wei
 FORMAT = "compsrt-packed"
 VERSION = 2                 # version 1 is the calibrated (fake-quant) format it is made from
 FP_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-# Upper bounds on a header's model sizes, so that a damaged or hostile file cannot ask for a huge model.
-_LIMITS = {"embed_dim": 1024, "window_size": 64, "d_state": 256, "inner_rank": 1024, "num_tokens": 4096}
-_MAX_BLOCKS, _MAX_HEADS, _MAX_MLP_RATIO = 256, 64, 8.0
 
 
 @dataclass
@@ -223,21 +220,14 @@ def _bad(path: Path, what: str) -> CompsrtError:
 
 
 def _configs(path: Path, h: dict) -> tuple[str, object, QuantConfig]:
-    """The header's architecture, model and quantization configs, validated before anything is built."""
+    """The header's architecture, model and quantization configs, validated before anything is built
+    (each model config bounds its own sizes)."""
     try:
         arch, mcfg = model_config(h)
         qcfg = QuantConfig(**h["quant"])
         plan_layers = qcfg.layers
     except (KeyError, TypeError, ValueError, ArithmeticError) as e:
         raise _bad(path, f"invalid model or quantization configuration ({e})") from None
-    ints = [getattr(mcfg, k) for k in ("embed_dim", "window_size", "in_chans")] + [*mcfg.depths, *mcfg.num_heads]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints) or not mcfg.depths:
-        raise _bad(path, "model sizes must be positive integers")
-    too_big = [k for k, top in _LIMITS.items() if getattr(mcfg, k, 0) > top]
-    if (too_big or sum(mcfg.depths) > _MAX_BLOCKS or max(mcfg.num_heads) > _MAX_HEADS or mcfg.in_chans > 4
-            or not 0 < mcfg.mlp_ratio <= _MAX_MLP_RATIO or mcfg.mlp_hidden < 1
-            or not all(math.isfinite(v) for v in (*mcfg.rgb_mean, mcfg.img_range)) or mcfg.img_range <= 0):
-        raise _bad(path, f"model configuration out of bounds ({asdict(mcfg)})")
     if qcfg.bits not in (2, 3, 4) or qcfg.rotation == "official":
         raise _bad(path, f"bits {qcfg.bits} / rotation {qcfg.rotation!r} cannot be packed")
     try:

@@ -109,6 +109,17 @@ def test_config_validation():
         MambaIRv2Config(scale=5)
     with pytest.raises(ValueError, match="routing"):
         MambaIRv2Light(TINY, routing="gumbel")
+    # the bounds a damaged or hostile file header meets before any tensor is allocated
+    for field, value, msg in (("d_state", 10**6, "d_state must be at most 256"),
+                              ("num_tokens", 0, "num_tokens must be positive"),
+                              ("inner_rank", True, "inner_rank must be positive integers"),
+                              ("depths", (60,) * 5, "sum\\(depths\\) must be at most 256"),
+                              ("mlp_ratio", 9.0, "mlp_ratio must be a number"),
+                              ("rgb_mean", (0.5, float("nan"), 0.5), "rgb_mean"),
+                              ("window_size", 5, "window_size must be an even number")):
+        kw = {"num_heads": (4,) * 5} if field == "depths" else {}
+        with pytest.raises(ValueError, match=msg):
+            MambaIRv2Config(**{field: value, **kw})
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 3, 5, 9), (1, 3, 8, 12)])
