@@ -6,3 +6,19 @@ class CompsrtError(Exception):
 
     CLIs catch it and print one line with exit code 2; library callers can catch it too.
     """
+
+
+def check_asked(path: object, noun: str, arch: str, scale: int, asked_arch: str | None = None,
+                asked_scale: int | None = None) -> None:
+    """One line if a file's architecture or scale contradicts the one asked (None: any), e.g.
+    ``check_asked(p, "checkpoint", "swinir-light", 2, asked_scale=4)`` raises "p: this is an x2
+    checkpoint but --scale 4 was asked; use --scale 2".
+
+    Raises:
+        CompsrtError: the contradiction, naming the file and the option to change.
+    """
+    if asked_arch is not None and arch != asked_arch:
+        raise CompsrtError(f"{path}: this is a {arch} {noun} but --arch {asked_arch} was asked; use --arch {arch}")
+    if asked_scale is not None and scale != asked_scale:
+        raise CompsrtError(f"{path}: this is an x{scale} {noun} but --scale {asked_scale} was asked; "
+                           f"use --scale {scale}")

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..config import QuantConfig
-from ..errors import CompsrtError
+from ..errors import CompsrtError, check_asked
 from ..model.archs import ARCHS, arch_of, build, config_dict, config_from_dict
 from ..model.swinir import Attend
 from .plan import plan_for
@@ -189,11 +189,7 @@ def load_calibrated(path: Path, scale: int | None = None, arch: str | None = Non
 
     h = _header(path)
     cfg = h["model"]
-    if arch is not None and h["arch"] != arch:
-        raise CompsrtError(f"{path}: this is a {h['arch']} checkpoint but --arch {arch} was asked; use --arch {h['arch']}")
-    if scale is not None and cfg.scale != scale:
-        raise CompsrtError(f"{path}: this is an x{cfg.scale} checkpoint but --scale {scale} was asked; "
-                           f"use --scale {cfg.scale}")
+    check_asked(path, "checkpoint", h["arch"], cfg.scale, arch, scale)
     sd = load_file(str(path))
     bad = next((k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:

@@ -10,7 +10,7 @@ import torch
 
 from torch import Tensor, nn
 
-from ..errors import CompsrtError
+from ..errors import CompsrtError, check_asked
 from ..kernels.hadamard import hadamard_ref
 from ..model.archs import build
 from ..quant.pack import LayerGrid, PackedModel, read_packed
@@ -91,11 +91,7 @@ def load_packed(path: Path, scale: int | None = None, device: str | torch.device
             another architecture than ``arch`` (None: any).
     """
     pm = read_packed(Path(path))
-    if arch is not None and pm.arch != arch:
-        raise CompsrtError(f"{path}: this is a packed {pm.arch} model but --arch {arch} was asked; use --arch {pm.arch}")
-    if scale is not None and pm.model_cfg.scale != scale:
-        raise CompsrtError(f"{path}: this is an x{pm.model_cfg.scale} model but --scale {scale} was asked; "
-                           f"use --scale {pm.model_cfg.scale}")
+    check_asked(path, "packed model", pm.arch, pm.model_cfg.scale, arch, scale)
     model = build_runtime(pm).to(device)
     if torch.device(device).type == "cuda":
         why = use_cuda_kernels(model)
