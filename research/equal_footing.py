@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from compsrt.analysis.paired import fmt_p, paired as paired_test
+from compsrt.analysis.significance import per_image
 from compsrt.io import atomic_path
 
 SETS = ("Set5", "Set14", "B100")
@@ -119,10 +120,6 @@ def _load(d: Path) -> dict | None:
     return out
 
 
-def _images(ev: dict) -> dict[tuple[str, str], float]:
-    return {(s, i["image"]): i["psnr_db"] for s, r in ev["results"].items() for i in r["images"]}
-
-
 def _mean_spread(values: list[float], digits: int) -> str:
     v = np.array(values)
     cell = f"{v.mean():.{digits}f}"
@@ -146,8 +143,8 @@ def paired(a: list[dict], b: list[dict]) -> dict[str, np.ndarray]:
     seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
     if not seeds:
         return {}
-    ia = [_images(r["eval"]) for r in a if r["seed"] in seeds]
-    ib = [_images(r["eval"]) for r in b if r["seed"] in seeds]
+    ia = [per_image(r["eval"]) for r in a if r["seed"] in seeds]
+    ib = [per_image(r["eval"]) for r in b if r["seed"] in seeds]
     keys = sorted(set.intersection(*(set(m) for m in ia + ib)))
     diff = {k: np.mean([m[k] for m in ia]) - np.mean([m[k] for m in ib]) for k in keys}
     out = {s: np.array([d for (ss, _), d in diff.items() if ss == s]) for s in SETS}

@@ -7,7 +7,8 @@
 ``ROOT/NAME/`` and evaluates its packed ``model.safetensors`` on Set5/Set14/B100 into
 ``ROOT/NAME/eval.json`` (``python -m compsrt.eval --json``); a run whose eval.json exists is
 skipped, a calibration that stopped resumes (``--resume``). ``--jobs 2`` runs two at a time, one
-thread each. ``table`` prints the markdown table (PSNR/SSIM per set, packed bytes) beside the
+thread each; a failed run is named at the end (exit 1) and stops none of the others. ``table``
+prints the markdown table (PSNR/SSIM per set, packed bytes) beside the
 paper's Table 12, and the per-image paired test of compsrt against 2dquant where both ran.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 SETS = ("Set5", "Set14", "B100")
@@ -72,6 +73,7 @@ def _means(ev: dict) -> dict[str, tuple[float, float]]:
 
 def table(root: Path) -> str:
     from compsrt.analysis.paired import fmt_dz, fmt_p, paired
+    from compsrt.analysis.significance import per_image
 
     lines = ["| run | scale | bits | method | layers | bytes | " + " | ".join(f"{s} PSNR / SSIM" for s in SETS)
              + " | unclamped codes (Set5 / Set14 / B100) | Table 12 (Set5 / Set14 / B100) |",
@@ -97,15 +99,11 @@ def table(root: Path) -> str:
         mine = root / name / "eval.json"
         if method != "compsrt" or not (mine.exists() and other.exists()):
             continue
-        a, b = (_per_image(json.loads(f.read_text())) for f in (mine, other))
+        a, b = (per_image(json.loads(f.read_text())) for f in (mine, other))
         keys = sorted(a.keys() & b.keys())
         r = paired([a[k] - b[k] for k in keys])
         lines.append(f"| x{scale} W{bits} {layers} | {r.n} | {r.mean:+.3f} | {r.ahead} | {fmt_p(r.p_two)} | {fmt_dz(r.dz)} |")
     return "\n".join(lines)
-
-
-def _per_image(ev: dict) -> dict[tuple[str, str], float]:
-    return {(s, row["image"]): row["psnr_db"] for s, v in ev["results"].items() for row in v["images"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,10 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.bench is None or not a.bench.is_dir():
         p.error("run needs --bench, a benchmark folder holding Set5, Set14 and B100")
     names = a.only or list(RUNS)
-    with ThreadPoolExecutor(a.jobs) as pool:
-        for msg in pool.map(lambda n: run_one(a.root, n, a.bench), names):
-            print(msg, flush=True)
-    return 0
+    failed = []
+    with ThreadPoolExecutor(a.jobs) as pool:   # the runs are independent: one failing stops none of the others
+        futures = {pool.submit(run_one, a.root, n, a.bench): n for n in names}
+        for fut in as_completed(futures):
+            try:
+                print(fut.result(), flush=True)
+            except subprocess.CalledProcessError as e:
+                failed.append(futures[fut])
+                print(f"{futures[fut]}: failed (exit {e.returncode}: {' '.join(map(str, e.cmd[1:4]))} ...)", flush=True)
+    if failed:
+        print(f"failed: {' '.join(failed)} (run the same command again to resume them)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

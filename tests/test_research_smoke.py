@@ -142,3 +142,25 @@ def test_mambairv2_runs_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| x2_w2_compsrt_official | x2 | W2A2 | compsrt | official | 10 | 30.100 / 0.9000" in out
     assert "| x2 W2 official | 12 | +0.100 | 12 |" in out
+
+
+def test_mambairv2_runs_failure_stops_none(tmp_path, capsys, monkeypatch):
+    """research/mambairv2_runs.py run: a failed run is named at the end with exit 1, the others still run."""
+    import subprocess
+
+    mod = research("mambairv2_runs")
+    done = []
+
+    def fake_run_one(root, name, bench):
+        if name == "x2_w4_compsrt_official":
+            raise subprocess.CalledProcessError(3, ["python", "-m", "compsrt.calib", "--arch"])
+        done.append(name)
+        return f"{name}: calibrated and evaluated"
+
+    monkeypatch.setattr(mod, "run_one", fake_run_one)
+    names = ["x2_w4_compsrt_official", "x2_w4_2dquant_official", "x2_w2_compsrt_official"]
+    assert mod.main(["run", "--bench", str(tmp_path), "--only", *names, "--jobs", "2"]) == 1
+    cap = capsys.readouterr()
+    assert sorted(done) == sorted(names[1:])
+    assert "x2_w4_compsrt_official: failed (exit 3" in cap.out
+    assert "failed: x2_w4_compsrt_official" in cap.err

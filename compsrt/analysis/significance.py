@@ -46,6 +46,11 @@ def load_eval(path: Path) -> dict:
     return data
 
 
+def per_image(ev: dict, metric: str = "psnr_db") -> dict[tuple[str, str], float]:
+    """(set, image) -> ``metric`` of one :func:`load_eval` result."""
+    return {(s, row["image"]): row[metric] for s, r in ev["results"].items() for row in r["images"]}
+
+
 def matched(a: dict, b: dict) -> dict[str, dict[str, np.ndarray]]:
     """Per shared set, the per-image differences A - B of each metric, matched by image name."""
     out = {}
