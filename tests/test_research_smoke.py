@@ -164,3 +164,27 @@ def test_mambairv2_runs_failure_stops_none(tmp_path, capsys, monkeypatch):
     assert sorted(done) == sorted(names[1:])
     assert "x2_w4_compsrt_official: failed (exit 3" in cap.out
     assert "failed: x2_w4_compsrt_official" in cap.err
+
+
+def test_mambairv2_site_cost(tmp_path, capsys):
+    """research/mambairv2_site_cost.py on a tiny calibrated MambaIRv2-light: one row per group,
+    each group releasing at least one quantizer of the official set."""
+    from compsrt.model.mambairv2 import MambaIRv2Config, MambaIRv2Light
+    from compsrt.model.weights import save_state_dict
+    from compsrt.quant.compress import compress_
+
+    torch.manual_seed(0)
+    fp = MambaIRv2Light(MambaIRv2Config(scale=2, embed_dim=12, d_state=4, depths=(2,), num_heads=(2,),
+                                        window_size=4, inner_rank=8, num_tokens=8)).eval()
+    save_state_dict(fp, tmp_path / "fp.safetensors")
+    save_calibrated(compress_(copy.deepcopy(fp), method_config("compsrt", 4)), tmp_path / "c.safetensors")
+    data = tmp_path / "train"
+    data.mkdir()
+    for i, p in enumerate(smooth_images(2, 24, 5)):
+        Image.fromarray(p.hr).save(data / f"t{i}.png")
+    research("mambairv2_site_cost").main([str(tmp_path / "c.safetensors"), "--data", str(data), "--images", "2",
+                                          "--lr-size", "8", "--weights", str(tmp_path / "fp.safetensors")])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and "---" not in r][1:]
+    mod = research("mambairv2_site_cost")
+    assert [r.split(" | ")[0][2:] for r in rows] == ["nothing", *mod.GROUPS]
+    assert all(int(r.split(" | ")[1]) > 0 for r in rows[1:])
