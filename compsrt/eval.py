@@ -127,8 +127,8 @@ def _main(a: argparse.Namespace) -> int:
         raise CompsrtError("--model and --weights both given; pick one")
     with session(parse_device(a.device)) as dist:
         model = load_model(bundled_model(a.model) if a.model else a.weights, a.scale, a.arch, dist.device)
-        results = evaluate(model, a.data, a.sets, a.scale, dist.device if dist.joined else a.device,
-                           progress=not a.quiet, limit=a.limit, dist=dist)
+        results = evaluate(model, a.data, a.sets, a.scale, dist.device, progress=not a.quiet, limit=a.limit,
+                           dist=dist)
         if dist.is_main:
             _report(a, results, dist)
         dist.barrier("waiting for rank 0 to write the results")

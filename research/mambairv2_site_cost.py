@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(pairs)} held-out images of {a.data} ({', '.join(q.name for q in pairs)}), "
           f"{a.lr_size}x{a.lr_size} LR, x{scale}; FP PSNR vs HR "
           f"{np.mean([psnr(y, q.hr, scale) for q, y in zip(pairs, fp_out)]):.3f}")
-    for path in a.checkpoints:
-        model = load_calibrated(path, scale, "mambairv2-light").eval()
+    for i, path in enumerate(a.checkpoints):
+        model = (first if i == 0 else load_calibrated(path, scale, "mambairv2-light")).eval()
         print(f"\n{path}: fidelity to FP / PSNR vs HR (dB, means), with one group unquantized\n")
         print("| released | quantizers | fidelity | gain | PSNR vs HR |\n|---|---|---|---|---|")
         base = None
