@@ -7,7 +7,9 @@ x2 SwinIR-light on a random 128x128 and 256x256 LR input. CPU: torch threads pin
 ``rounds`` calls after a warm-up; speed is the ratio of medians in one run. The packed models are
 the bundled ones (compsrt/weights/swinir_light_x2_w4/_w2); the fake-quant model is the FP model
 compressed with DOBI bounds on a random batch (its speed does not depend on the bounds). Sizes
-(file bytes) go in ``extra_info``. ``test_cli_end_to_end`` runs ``compsrt-infer`` in fresh
+(file bytes) go in ``extra_info``. ``test_row_mean`` times packed 2DQuant W4 with and without the row
+means (``--row-mean``, packed from DOBI bounds on a random batch) on the fused CPU kernels, and the
+row-mean model on the PyTorch path (the kernels off), at 128x128. ``test_cli_end_to_end`` runs ``compsrt-infer`` in fresh
 processes on a 256x256 LR image, FP and packed W4 alternated, load included, with peak RSS.
 """
 from __future__ import annotations
@@ -31,12 +33,12 @@ SIZES = [128, 256]
 PACKED = {"packed_w4": "swinir_light_x2_w4", "packed_w2": "swinir_light_x2_w2"}
 
 
-def _fake_quant_model():
+def _fake_quant_model(**quant):
     from compsrt.calib.dobi import dobi
     from compsrt.config import QuantConfig
     from compsrt.quant.compress import compress_, set_calibrating
 
-    m = compress_(copy.deepcopy(load_model(None, 2)), QuantConfig(bits=4)).eval()
+    m = compress_(copy.deepcopy(load_model(None, 2)), QuantConfig(bits=4, **quant)).eval()
     set_calibrating(m, partial(dobi, n=10, max_elems=1 << 12))
     with torch.no_grad():
         m(torch.rand(1, 3, 32, 32))
@@ -97,6 +99,29 @@ def test_model(benchmark, device, kind, size):
                                  "threads": THREADS, "file_bytes": _size(base), "lr_size": size})
     rounds = 3 if device == "cpu" else 20
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("kind", ["2dquant", "2dquant_rowmean", "2dquant_rowmean_pytorch"])
+def test_row_mean(benchmark, tmp_path, monkeypatch, kind):
+    from compsrt.kernels import cpu_kernels
+    from compsrt.quant.pack import pack_model, save_packed
+    from compsrt.runtime import load_packed
+
+    torch.set_num_threads(THREADS)
+    benchmark.group = "x2 128x128 LR cpu, 2DQuant W4 row means"
+    fake = _fake_quant_model(rotation="none", decompose=False, row_mean=kind != "2dquant")
+    save_packed(*pack_model(fake, "fp16"), tmp_path / "m.safetensors")
+    model = load_packed(tmp_path / "m.safetensors")
+    if kind.endswith("_pytorch"):
+        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    x = torch.rand(1, 3, 128, 128)
+
+    def call():
+        with torch.no_grad():
+            model(x)
+
+    benchmark.extra_info.update({"threads": THREADS, "kernels": cpu_kernels.available()})
+    benchmark.pedantic(call, rounds=5, warmup_rounds=1, iterations=1)
 
 
 _CLI = """

@@ -19,6 +19,8 @@
 //     Hadamard transform (butterflies) then one multiply by fl(1/sqrt(n)) (exact for n = 4^k).
 //     Same linear map, different summation order: the rotated values differ by float rounding,
 //     and a code differs (by one) only where that moves a value across a rounding tie.
+//   * row means (2DQuant's --row-mean): summed in vector lanes, then divided; torch sums in
+//     another order, so a mean may differ by float rounding (and a code on a tie by one).
 //   * softmax: max-subtracted exp (own polynomial, about 1 ulp), a two-way sum, multiplication by
 //     fl(1/sum) as torch's CPU softmax; torch's exp and summation order differ by a few ulp. With
 //     the rotation the 1/sum is applied after the butterflies (see attn_task).
@@ -373,8 +375,12 @@ inline int next_pow2(int n) { int p = 1; while (p < n) p <<= 1; return p; }
 // ---------------------------------------------------------------------------------------------
 
 struct AttnArgs {
-  int N, d, nd, nw, keep_dc, rotate;
+  int N, d, nd, nw, keep_dc, rotate, row_mean;
   float scale, inv_d, inv_n;
+  // row_mean (rotate = 0): each operand row's mean along the contraction axis stays fp32 and the
+  // centred rest is quantized; the epilogues add the means' rank-1 terms (row_mean_epilogue_ref).
+  // rowsum Q(c) = (code sum) s + z n per operand: s and z n of q, k (n = d), attn, v (n = N).
+  float q_s, q_zn, k_s, k_zn, p_s, p_zn, v_s, v_zn;
   float a1, a2, a3, a4;   // logits epilogue: acc*a1 + sq*a2 + sk*a3 + a4
   float b1, b2, b3, b4;   // output epilogue: acc*b1 + sa*b2 + sv*b3 + b4
   const Quant *quq, *quk, *qua, *quv;
@@ -407,11 +413,17 @@ inline void prep_qk_block(const float* src, int64_t ts, bool scaled, const AttnA
   }
   if (scaled)
     for (int c = 0; c < A.d; ++c) T[c] = T[c] * splat(A.scale);   // q * scale, in fp32 as torch
-  if (A.rotate) {
+  if (A.row_mean) {   // per token: mean over the d coefficients, kept as the "dc"; quantize the rest
+    vf sm = splat(0.f);
+    for (int c = 0; c < A.d; ++c) sm += T[c];
+    const vf mean = sm / splat(float(A.d));
+    for (int c = 0; c < A.d; ++c) T[c] = T[c] - mean;
+    vstore(dcs, mean);
+  } else if (A.rotate) {
     fwht_vert_n(T, A.nd);
     for (int c = 0; c < A.nd; ++c) T[c] = T[c] * splat(A.inv_d);
   }
-  vstore(dcs, T[0]);
+  if (!A.row_mean) vstore(dcs, T[0]);
   vf tot = splat(0.f);
   for (int c = 0; c < A.nd; ++c) {
     T[c] = (c == 0 && A.keep_dc) ? splat(0.f) : qz(T[c]);
@@ -441,11 +453,19 @@ void attn_task(const float* qb, int64_t qts, const float* kb, int64_t kts, const
     const int cnt = d - u * L < L ? d - u * L : L;
     vf cv[N];
     for (int j = 0; j < N; ++j) cv[j] = load_n(vb_ + j * vts + u * L, cnt);
-    if (A.rotate) {
-      fwht_vert<N>(cv);
-      for (int j = 0; j < N; ++j) cv[j] = cv[j] * splat(A.inv_n);
+    if (A.row_mean) {   // per coefficient: mean over the N tokens
+      vf sm = splat(0.f);
+      for (int j = 0; j < N; ++j) sm += cv[j];
+      const vf mean = sm / splat(float(N));
+      for (int j = 0; j < N; ++j) cv[j] = cv[j] - mean;
+      store_n(S.dv + u * L, mean, cnt);
+    } else {
+      if (A.rotate) {
+        fwht_vert<N>(cv);
+        for (int j = 0; j < N; ++j) cv[j] = cv[j] * splat(A.inv_n);
+      }
+      store_n(S.dv + u * L, cv[0], cnt);
     }
-    store_n(S.dv + u * L, cv[0], cnt);
     vf tot = splat(0.f);
     for (int j = 0; j < N; ++j) {
       cv[j] = (j == 0 && A.keep_dc) ? splat(0.f) : (*A.quv)(cv[j]);
@@ -475,12 +495,27 @@ void attn_task(const float* qb, int64_t qts, const float* kb, int64_t kts, const
     } else {
       for (int j = 0; j < N; ++j) BT[j] = gather(brow + j * bjs, bidx);
     }
-    for (int j = 0; j < N; ++j) {
-      vi acc = splati(0);
-      for (int t = 0; t < nw; ++t) acc = dot4(acc, S.qpack[t][g], splati(S.kpack[t][j]));
-      vf e = ((__builtin_convertvector(acc, vf) * a1 + t2) + splat(S.sk[j] * A.a3)) + a4;
-      if (A.keep_dc) e = e + dqv * splat(S.dk[j]);
-      Y[j] = e + BT[j];
+    if (A.row_mean) {
+      // row_mean_epilogue_ref: ((acc sa sk_s + (sq sa zk + za zk d)) + sk za sk_s) + m_q rowsum Q(c_k)
+      // + (rowsum Q(c_q) + d m_q) m_k, with rowsum Q(c) = codesum s + z d.
+      const vf rows = t2 + a4;
+      const vf coef = (vload(S.sq + g * L) * splat(A.q_s) + splat(A.q_zn)) + splat(float(d)) * dqv;
+      for (int j = 0; j < N; ++j) {
+        vi acc = splati(0);
+        for (int t = 0; t < nw; ++t) acc = dot4(acc, S.qpack[t][g], splati(S.kpack[t][j]));
+        vf e = (__builtin_convertvector(acc, vf) * a1 + rows) + splat(S.sk[j] * A.a3);
+        e = e + dqv * splat(S.sk[j] * A.k_s + A.k_zn);
+        e = e + coef * splat(S.dk[j]);
+        Y[j] = e + BT[j];
+      }
+    } else {
+      for (int j = 0; j < N; ++j) {
+        vi acc = splati(0);
+        for (int t = 0; t < nw; ++t) acc = dot4(acc, S.qpack[t][g], splati(S.kpack[t][j]));
+        vf e = ((__builtin_convertvector(acc, vf) * a1 + t2) + splat(S.sk[j] * A.a3)) + a4;
+        if (A.keep_dc) e = e + dqv * splat(S.dk[j]);
+        Y[j] = e + BT[j];
+      }
     }
     // softmax along the keys (vertical).
     vf m0 = Y[0], m1 = Y[1];
@@ -508,7 +543,20 @@ void attn_task(const float* qb, int64_t qts, const float* kb, int64_t kts, const
     const vf sc = A.rotate ? rs * inv_n : rs;
     vf dav = splat(0.f), tot = splat(0.f);
     vi P[N / 4];
-    for (int a8 = 0; a8 < N / 8; ++a8) {
+    if (A.row_mean) {   // p = e (1/sum); its mean over the keys stays fp32, the centred rest is quantized
+      vf sm = splat(0.f);
+      for (int j = 0; j < N; ++j) {
+        Y[j] = Y[j] * sc;
+        sm += Y[j];
+      }
+      dav = sm / splat(float(N));
+      for (int j = 0; j < N; ++j) {
+        Y[j] = (*A.qua)(Y[j] - dav);
+        tot += Y[j];
+      }
+      for (int t = 0; t < N / 4; ++t) P[t] = pack4(Y[4 * t], Y[4 * t + 1], Y[4 * t + 2], Y[4 * t + 3]);
+    }
+    for (int a8 = 0; a8 < (A.row_mean ? 0 : N / 8); ++a8) {
       vf r[8];
       for (int i = 0; i < 8; ++i) r[i] = Y[8 * a8 + i];
       if (A.rotate) fwht_regs<8>(r, 1);
@@ -534,8 +582,15 @@ void attn_task(const float* qb, int64_t qts, const float* kb, int64_t kts, const
         o0 = dot4(o0, P[t], splati(S.vpack[t][c]));
         o1 = dot4(o1, P[t + 1], splati(S.vpack[t + 1][c]));
       }
-      vf e = ((__builtin_convertvector(o0 + o1, vf) * b1 + t2o) + splat(S.sv[c] * A.b3)) + b4;
-      if (A.keep_dc) e = e + dav * splat(S.dv[c]);
+      vf e;
+      if (A.row_mean) {
+        e = (__builtin_convertvector(o0 + o1, vf) * b1 + (t2o + b4)) + splat(S.sv[c] * A.b3);
+        e = e + dav * splat(S.sv[c] * A.v_s + A.v_zn);
+        e = e + ((tot * splat(A.p_s) + splat(A.p_zn)) + splat(float(N)) * dav) * splat(S.dv[c]);
+      } else {
+        e = ((__builtin_convertvector(o0 + o1, vf) * b1 + t2o) + splat(S.sv[c] * A.b3)) + b4;
+        if (A.keep_dc) e = e + dav * splat(S.dv[c]);
+      }
       O[c] = e;
     }
     for (int u = 0; u * L < d; ++u) {   // back to (query, coefficient) rows
@@ -567,11 +622,11 @@ AttnFn attn_fn(int N) {
 
 struct LinArgs {
   int64_t C, ldx, S, KW, NP, per, ldy;
-  int n, nv, nb, rotate, keep_dc;
+  int n, nv, nb, rotate, keep_dc, row_mean;
   vf inv, keep_lo;
   const Quant* qz;                 // S quantizers
   const int32_t *wpack, *mpack;    // (S, KW, NP) int32 words
-  const float *alpha, *beta, *c0, *dc_w;
+  const float *alpha, *beta, *c0, *dc_w, *rm_g;
 };
 
 template <int NBT>   // NBT = 0: NB taken from A.nb at run time (up to 16)
@@ -584,11 +639,19 @@ void linear_row(const float* xr, float* yr, const LinArgs& A) {
     const int64_t left = A.C - int64_t(i) * L;
     buf[i] = load_n(xr + i * L, left <= 0 ? 0 : (left < L ? int(left) : L));
   }
-  if (A.rotate) {
-    fwht_rows(buf, A.n);
-    for (int i = 0; i < A.nv; ++i) buf[i] = buf[i] * A.inv;
+  float dcx;
+  if (A.row_mean) {   // the row's mean (the DC term's operand) stays fp32; the centred rest is quantized
+    vf sm = splat(0.f);
+    for (int i = 0; i < A.nv; ++i) sm += buf[i];   // lanes >= C are 0
+    dcx = hsum(sm) / float(A.C);
+    for (int i = 0; i < A.nv; ++i) buf[i] = buf[i] - splat(dcx);   // lanes >= C: codes masked below
+  } else {
+    if (A.rotate) {
+      fwht_rows(buf, A.n);
+      for (int i = 0; i < A.nv; ++i) buf[i] = buf[i] * A.inv;
+    }
+    dcx = buf[0][0];
   }
-  const float dcx = buf[0][0];
   for (int64_t t = 4 * A.nv; t < A.KW; ++t) xw[t] = 0;
   for (int64_t s = 0; s < A.S; ++s) {
     const Quant& qz = A.qz[s];
@@ -623,12 +686,15 @@ void linear_row(const float* xr, float* yr, const LinArgs& A) {
     const vf bm = splat(hsum(tot) * A.beta[s]);   // trivial mask: acc_m = the codes' row sum
     const float* c0 = A.c0 + s * A.per;
     const float* dw = A.dc_w ? A.dc_w + s * A.per : nullptr;
+    const float* rg = A.rm_g ? A.rm_g + s * A.per : nullptr;
+    const vf csum = splat(hsum(tot));   // the codes' row sum (exact), the row mean's code-sum term
     float* out = yr + s * A.per;
     for (int b = 0; b < NB; ++b) {
       const int cnt = A.per - b * L < L ? int(A.per - b * L) : L;
       const vf am = A.mpack ? __builtin_convertvector(accm[b], vf) * be : bm;
       vf e = (__builtin_convertvector(acc[b], vf) * al + am) + load_n(c0 + b * L, cnt);
       if (dw) e = e + splat(dcx) * load_n(dw + b * L, cnt);
+      if (rg) e = e + csum * load_n(rg + b * L, cnt);
       store_n(out + b * L, e, cnt);
     }
   }
@@ -653,7 +719,7 @@ LinFn linear_fn(int nb) {
 extern "C" {
 
 // Interface version, checked by the Python loader.
-int compsrt_cpu_abi_version() { return 4; }
+int compsrt_cpu_abi_version() { return 5; }
 
 // x (M, C) fp32 -> int8 codes of S quantizers at once (rotation done once per row).
 //   x: (M, C) fp32, row stride ldx (elements), columns contiguous.
@@ -763,16 +829,22 @@ int compsrt_linear_epilogue(const int32_t* acc, int64_t M, int64_t N, int64_t ld
 //          split s (byte r = code 4t + r); NP a multiple of 16 >= per, columns >= per zero.
 //   mpack: the keep-mask in the same layout, or NULL for a trivial mask (acc_m = code row sums).
 //   per: outputs per split (NP <= 256).
-//   alpha, beta: (S,) fp32. c0: (S * per,) fp32. dc_w: (S * per,) fp32 or NULL (NULL iff !keep_dc).
+//   alpha, beta: (S,) fp32. c0: (S * per,) fp32. dc_w: (S * per,) fp32 or NULL (given iff keep_dc or
+//          row_mean).
+//   row_mean: 1 = each row's mean stays fp32 (the DC operand) and the centred rest is quantized; the
+//             epilogue adds mean * dc_w + (code row sum) * rm_g (packed_linear.py; needs rotate = 0,
+//             keep_dc = 0). rm_g: (S * per,) fp32 with row_mean, else NULL.
 //   y: (M, S * per) fp32 output, row stride ldy, columns contiguous.
 //   nthreads: OpenMP threads.
 int compsrt_packed_linear(const float* x, int64_t M, int64_t C, int64_t ldx, int rotate, int keep_dc,
                           const float* qp, int64_t S, int bits, const int32_t* wpack, const int32_t* mpack,
                           int64_t KW, int64_t NP, int64_t per, const float* alpha, const float* beta,
-                          const float* c0, const float* dc_w, float* y, int64_t ldy, int nthreads) {
+                          const float* c0, const float* dc_w, int row_mean, const float* rm_g, float* y,
+                          int64_t ldy, int nthreads) {
   if (M < 0 || C < 1 || S < 1 || bits < 1 || bits > 7 || nthreads < 1 || per < 1 || NP % L || NP < per) return 1;
   const int n = rotate ? next_pow2(int(C)) : int(C);
   if (n > NMAX || 4 * KW < n || (keep_dc && !dc_w)) return 1;
+  if (row_mean && (rotate || keep_dc || !dc_w || !rm_g)) return 1;
   const LinFn fn = linear_fn(int((per + L - 1) / L));
   if (!fn) return 1;
   std::vector<Quant> qz;
@@ -780,10 +852,12 @@ int compsrt_packed_linear(const float* x, int64_t M, int64_t C, int64_t ldx, int
   LinArgs A;
   A.C = C; A.ldx = ldx; A.S = S; A.KW = KW; A.NP = NP; A.per = per; A.ldy = ldy;
   A.n = n; A.nv = (n + L - 1) / L; A.nb = int((per + L - 1) / L); A.rotate = rotate; A.keep_dc = keep_dc;
+  A.row_mean = row_mean;
   A.inv = splat(float(1.0 / std::sqrt(double(n))));
   A.keep_lo = lanes_below(n - (A.nv - 1) * L);
   A.qz = qz.data(); A.wpack = wpack; A.mpack = mpack;
-  A.alpha = alpha; A.beta = beta; A.c0 = c0; A.dc_w = keep_dc ? dc_w : nullptr;
+  A.alpha = alpha; A.beta = beta; A.c0 = c0;
+  A.dc_w = keep_dc || row_mean ? dc_w : nullptr; A.rm_g = row_mean ? rm_g : nullptr;
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
   for (int64_t m = 0; m < M; ++m) fn(x + m * ldx, y + m * ldy, A);
   return 0;
@@ -800,21 +874,25 @@ int compsrt_packed_linear(const float* x, int64_t M, int64_t C, int64_t ldx, int
 //   scale: q's multiplier (used as fp32, as q * scale in torch).
 //   qp: (4, 4) fp32, rows q, k, attn, v, each [l, u, s, z].
 //   bits: 1..7. keep_dc: exact DC (ignored without rotate, as the ref). rotate: 0 = 2DQuant.
+//   row_mean: 1 = each operand row's mean along the contraction axis stays fp32 and the centred
+//             rest is quantized (QuantConfig.row_mean; needs rotate = 0).
 //   out: fp32 (B, W, H, N, d) with strides so[5] (the last must be 1).
 //   nthreads: OpenMP threads.
 int compsrt_window_attention_int(const float* q, const int64_t* sq_, const float* k, const int64_t* sk_,
                                  const float* v, const int64_t* sv_, const float* bias, const int64_t* sb,
                                  int64_t B, int64_t W, int64_t H, int N, int d, float scale, const float* qp,
-                                 int bits, int keep_dc, int rotate, float* out, const int64_t* so,
-                                 int nthreads) {
+                                 int bits, int keep_dc, int rotate, int row_mean, float* out,
+                                 const int64_t* so, int nthreads) {
   if (N < L || N > TOK_MAX || N % L || (N & (N - 1)) || d < 1 || d > DMAX || nthreads < 1) return 1;
   if (bits < 1 || bits > 7 || sq_[4] != 1 || sk_[4] != 1 || sv_[4] != 1 || so[4] != 1) return 1;
+  if (row_mean && rotate) return 1;
   const AttnFn fn = attn_fn(N);
   if (!fn) return 1;
   if (!rotate) keep_dc = 0;
   const Quant quq(qp, bits), quk(qp + 4, bits), qua(qp + 8, bits), quv(qp + 12, bits);
   AttnArgs A;
   A.N = N; A.d = d; A.nd = rotate ? next_pow2(d) : d; A.nw = (A.nd + 3) / 4; A.keep_dc = keep_dc; A.rotate = rotate;
+  A.row_mean = row_mean;
   A.scale = scale;
   A.inv_d = float(1.0 / std::sqrt(double(A.nd)));
   A.inv_n = float(1.0 / std::sqrt(double(N)));
@@ -824,6 +902,8 @@ int compsrt_window_attention_int(const float* q, const int64_t* sq_, const float
   A.a4 = (Q0[3] * Q1[3]) * float(A.nd - keep_dc);
   A.b1 = Q2[2] * Q3[2]; A.b2 = Q2[2] * Q3[3]; A.b3 = Q2[3] * Q3[2];
   A.b4 = (Q2[3] * Q3[3]) * float(N - keep_dc);
+  A.q_s = Q0[2]; A.q_zn = Q0[3] * float(d); A.k_s = Q1[2]; A.k_zn = Q1[3] * float(d);
+  A.p_s = Q2[2]; A.p_zn = Q2[3] * float(N); A.v_s = Q3[2]; A.v_zn = Q3[3] * float(N);
   A.quq = &quq; A.quk = &quk; A.qua = &qua; A.quv = &quv;
   const int64_t tasks = B * W * H;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)

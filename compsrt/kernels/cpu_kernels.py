@@ -47,7 +47,7 @@ from .hadamard import next_pow2
 LIB_NAME = "libcompsrt_cpu.so"
 SOURCE = "cpu_kernels.cpp"
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-march=native", "-ffp-contract=off", "-std=c++17")
-ABI_VERSION = 4
+ABI_VERSION = 5
 NMAX = 4096                      # rotate_quantize: largest n
 ATTN_TOKENS = (16, 32, 64)       # window_attention_int_cpu: supported N
 ATTN_DMAX = 32                   # window_attention_int_cpu: largest head dim
@@ -143,11 +143,11 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.compsrt_rotate_quantize.restype = i
     lib.compsrt_linear_epilogue.argtypes = [p, i64, i64, i64, p, f, f, p, p, p, p, i64, i]
     lib.compsrt_linear_epilogue.restype = i
-    lib.compsrt_window_attention_int.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i, i, f, p, i, i, i,
+    lib.compsrt_window_attention_int.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i, i, f, p, i, i, i, i,
                                                  p, p, i]
     lib.compsrt_window_attention_int.restype = i
-    lib.compsrt_packed_linear.argtypes = [p, i64, i64, i64, i, i, p, i64, i, p, p, i64, i64, i64, p, p, p, p, p, i64,
-                                          i]
+    lib.compsrt_packed_linear.argtypes = [p, i64, i64, i64, i, i, p, i64, i, p, p, i64, i64, i64, p, p, p, p, i, p,
+                                          p, i64, i]
     lib.compsrt_packed_linear.restype = i
     return lib
 
@@ -399,10 +399,14 @@ def pack_linear_weights(w_t: Tensor, per: int) -> tuple[Tensor, Optional[Tensor]
 
 def packed_linear_cpu(x: Tensor, qp: Tensor, bits: int, keep_dc: bool, rotate: bool, wpack: Tensor,
                       mpack: Optional[Tensor], per: int, alpha: Tensor, beta: Tensor, c0: Tensor,
-                      dc_w: Optional[Tensor] = None, out: Optional[Tensor] = None) -> Tensor:
+                      dc_w: Optional[Tensor] = None, out: Optional[Tensor] = None, *,
+                      rm_g: Optional[Tensor] = None) -> Tensor:
     """The whole packed linear in one pass over the rows: matches rotate_quantize (codes of each
     split's quantizer) + packed_matmul_ref + linear_epilogue_ref, split s writing output columns
     [s per, (s + 1) per). The input is rotated once per row; codes and int32 sums stay in registers.
+    With ``rm_g`` (a row-mean layer, QuantConfig.row_mean) each row's mean is subtracted before
+    quantization and kept in fp32 as the DC operand, and the epilogue adds ``mean dc_w^T +
+    sum(codes) rm_g^T`` (compsrt.kernels.packed_linear's row-mean epilogue).
 
     Args:
         x: fp32 (M, C) CPU, columns contiguous.
@@ -412,8 +416,9 @@ def packed_linear_cpu(x: Tensor, qp: Tensor, bits: int, keep_dc: bool, rotate: b
         rotate: zero-pad to n = next_pow2(C) and rotate; else n = C.
         wpack, mpack: :func:`pack_linear_weights` of the module's ``w_t`` (K = 4 wpack.shape[1] >= n).
         per: outputs per split (at most 256).
-        alpha, beta: fp32 (S,). c0: fp32 (S per,). dc_w: fp32 (S per,) with keep_dc, else None.
+        alpha, beta: fp32 (S,). c0: fp32 (S per,). dc_w: fp32 (S per,) with keep_dc or rm_g, else None.
         out: fp32 (M, S per) with contiguous columns, written in place; None allocates it.
+        rm_g: fp32 (S per,) ``sx m_w`` of a row-mean layer (not with rotate or keep_dc), else None.
     Returns:
         ``out``, fp32 (M, S per).
     Raises:
@@ -441,17 +446,22 @@ def packed_linear_cpu(x: Tensor, qp: Tensor, bits: int, keep_dc: bool, rotate: b
     _check_vector("alpha", alpha, s)
     _check_vector("beta", beta, s)
     _check_vector("c0", c0, s * per)
-    if keep_dc != (dc_w is not None):
-        raise ValueError("dc_w must be given exactly when keep_dc is set")
+    row_mean = rm_g is not None
+    if row_mean and (rotate or keep_dc):
+        raise ValueError("rm_g (a row-mean layer) needs rotate=False and keep_dc=False")
+    if (keep_dc or row_mean) != (dc_w is not None):
+        raise ValueError("dc_w must be given exactly when keep_dc is set or rm_g is given")
     if dc_w is not None:
         _check_vector("dc_w", dc_w, s * per)
+    if rm_g is not None:
+        _check_vector("rm_g", rm_g, s * per)
     out = _output(out, m, s * per)
     if m == 0:
         return out
     lib = load_library()
     err = lib.compsrt_packed_linear(_ptr(x), m, c, x.stride(0), int(bool(rotate)), int(bool(keep_dc)), _ptr(qpc), s,
                                     bits, _ptr(wpack), _ptr(mpack), kw, np_, per, _ptr(alpha), _ptr(beta), _ptr(c0),
-                                    _ptr(dc_w), _ptr(out), out.stride(0), _threads())
+                                    _ptr(dc_w), int(row_mean), _ptr(rm_g), _ptr(out), out.stride(0), _threads())
     _run(lib, err, "compsrt_packed_linear")
     return out
 
@@ -473,9 +483,9 @@ def _as5(name: str, t: Tensor) -> Tensor:
 
 
 def window_attention_int_cpu(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, qp: Tensor, bits: int,
-                             keep_dc: bool, rotate: bool = True) -> Tensor:
-    """Matches window_attention_int_ref (up to float rounding of the rotations and the softmax's
-    exp and sum; codes on rounding ties may differ by one).
+                             keep_dc: bool, rotate: bool = True, row_mean: bool = False) -> Tensor:
+    """Matches window_attention_int_ref (up to float rounding of the rotations, the row means and
+    the softmax's exp and sum; codes on rounding ties may differ by one).
 
     Args:
         q, k, v: fp32 (B, nW, heads, N, d) CPU (or 3- or 4-d: leading 1s are implied), any
@@ -488,6 +498,8 @@ def window_attention_int_cpu(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scal
         bits: 2, 3 or 4.
         keep_dc: the exact DC (ignored without rotate, as in the reference).
         rotate: False quantizes the operands as they are (2DQuant).
+        row_mean: (not with rotate) each operand row's mean along the contraction axis stays fp32
+            and the centred rest is quantized (QuantConfig.row_mean).
     Returns:
         fp32 of q's shape. For 5-d q its memory is (B, nW, N, heads, d) contiguous, so SwinIR's
         ``out.reshape(B * nW, heads, N, d).transpose(1, 2).reshape(B * nW, N, C)`` copies nothing.
@@ -499,6 +511,8 @@ def window_attention_int_cpu(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scal
         _check(name, t, torch.float32)
     if q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if row_mean and rotate:
+        raise ValueError("row_mean needs rotate=False")
     if not attention_supported(q):
         raise ValueError(f"q must be (..., N, d) with N in {ATTN_TOKENS} and d <= {ATTN_DMAX}, got {tuple(q.shape)}")
     q5, k5, v5 = _as5("q", q), _as5("k", k), _as5("v", v)
@@ -519,7 +533,7 @@ def window_attention_int_cpu(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scal
     arr = lambda t: (ctypes.c_int64 * 5)(*t.stride())                                   # noqa: E731
     err = lib.compsrt_window_attention_int(
         _ptr(q5), arr(q5), _ptr(k5), arr(k5), _ptr(v5), arr(v5), _ptr(b5), arr(b5), b, w, h, n, d, float(scale),
-        _ptr(qpc), bits, int(bool(keep_dc)), int(bool(rotate)), _ptr(out), arr(out), _threads())
+        _ptr(qpc), bits, int(bool(keep_dc)), int(bool(rotate)), int(bool(row_mean)), _ptr(out), arr(out), _threads())
     _run(lib, err, "compsrt_window_attention_int")
     return out if q.ndim == 5 else out.reshape(q.shape)
 

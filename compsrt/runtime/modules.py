@@ -8,10 +8,10 @@ replaces an attention site (:mod:`compsrt.kernels.window_attention_int`). Neithe
 float tensor shaped like a weight: only int8 codes (unpacked once, at load), int32 bit-planes
 for the GPU kernel, and per-row / per-tensor fp32 vectors.
 
-Row-mean models (``QuantConfig.row_mean``, rotation "none") run on the PyTorch path: their
-activation quantizer subtracts each row's mean first, which the fused C++ CPU kernels
-(csrc/cpu_kernels.cpp) and the CUDA / Triton kernels do not do, so those are skipped for them
-(on CUDA the linear product is ``torch._int_mm``, the attention the PyTorch reference).
+Row-mean models (``QuantConfig.row_mean``, rotation "none"): their activation quantizer subtracts
+each row's mean first and the epilogues add the means' rank-1 terms. The fused C++ CPU kernels
+(csrc/cpu_kernels.cpp) do both; the CUDA / Triton kernels do not, so on CUDA those layers run the
+PyTorch path (the linear product ``torch._int_mm``, the attention the PyTorch reference).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ class PackedLinear(nn.Module):
         bits: 2, 3 or 4.
         rotate: rotate the input (rotation "deploy").
         row_mean: both operands are ``row mean + Q(centred rest)`` (QuantConfig.row_mean; not
-            with ``rotate``); runs the PyTorch path (the fused CPU and the CUDA kernels skipped).
+            with ``rotate``); the fused CPU kernel takes it, on CUDA the PyTorch path runs.
     """
 
     def __init__(self, in_features: int, n: int, codes: Tensor, mask: Tensor | None, dc_w: Tensor | None,
@@ -130,7 +130,7 @@ class PackedLinear(nn.Module):
     def _cpu_operands(self) -> tuple:
         """The fused CPU kernel's weight words and epilogue vectors, built from the buffers on first
         use (and again after a buffer was replaced, e.g. by ``.to()``, or changed in place)."""
-        srcs = (self.w_t, self.c0, self.a_qp, self.alpha, self.beta, self.dc_w)
+        srcs = (self.w_t, self.c0, self.a_qp, self.alpha, self.beta, self.dc_w, self.rm_g)
         key = tuple((t.data_ptr(), t._version) for t in srcs if t is not None)
         cached = getattr(self, "_cpu_cache", None)
         if cached is None or cached[0] != key:
@@ -138,23 +138,23 @@ class PackedLinear(nn.Module):
             wpack, mpack = cpu_kernels.pack_linear_weights(self.w_t, per)
             vec = lambda t: None if t is None else t.detach().float().reshape(-1).contiguous()   # noqa: E731
             ops = (wpack, mpack, self.a_qp.detach().float().reshape(-1, 4).contiguous(), vec(self.alpha),
-                   vec(self.beta), vec(self.c0), vec(self.dc_w) if self.dc else None)
+                   vec(self.beta), vec(self.c0), vec(self.dc_w) if self.dc or self.row_mean else None, vec(self.rm_g))
             self._cpu_cache = cached = (key, ops)
         return cached[1]
 
     def _forward_cpu(self, x: Tensor) -> Tensor:
         """The fused CPU path (csrc/cpu_kernels.cpp): one pass over the rows rotates each once, and
         per split quantizes, multiplies with the weight codes and writes the epilogue's output."""
-        wpack, mpack, qp, alpha, beta, c0, dc_w = self._cpu_operands()
+        wpack, mpack, qp, alpha, beta, c0, dc_w, rm_g = self._cpu_operands()
         if x.stride(-1) != 1:
             x = x.contiguous()
         return cpu_kernels.packed_linear_cpu(x, qp, self.bits, bool(self.dc), self.rotate, wpack, mpack,
-                                             self.out_features // self.splits, alpha, beta, c0, dc_w)
+                                             self.out_features // self.splits, alpha, beta, c0, dc_w, rm_g=rm_g)
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features).float()
-        if (x.device.type == "cpu" and not self.row_mean
+        if (x.device.type == "cpu"
                 and cpu_kernels.linear_supported(self.n, self.out_features // self.splits) and cpu_kernels.available()):
             return self._forward_cpu(x).reshape(*lead, self.out_features)
         # The splits read the same input: rotate it once (on CUDA the fused kernel rotates per split).
@@ -181,8 +181,8 @@ class PackedLinear(nn.Module):
 class PackedAttend(nn.Module):
     """softmax(Q(q s) Q(k)^T + bias) -> Q(attn) Q(v) on integer codes (see window_attention_int).
 
-    ``row_mean`` (QuantConfig.row_mean, not with ``rotate``) runs the PyTorch reference: the fused
-    CPU kernel does not subtract the rows' means."""
+    ``row_mean`` (QuantConfig.row_mean, not with ``rotate``): each operand row's mean stays FP; the
+    fused CPU kernel takes it, on CUDA the PyTorch reference runs (the Triton kernel rotates)."""
 
     def __init__(self, raw: Tensor, bits: int, keep_dc: bool, rotate: bool, row_mean: bool = False) -> None:
         super().__init__()
@@ -195,7 +195,7 @@ class PackedAttend(nn.Module):
         return f"bits={self.bits}, rotate={self.rotate}, exact_dc={self.keep_dc}, row_mean={self.row_mean}"
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
-        if (q.device.type == "cpu" and not self.row_mean and cpu_kernels.attention_supported(q)
+        if (q.device.type == "cpu" and cpu_kernels.attention_supported(q)
                 and cpu_kernels.available()):
             # Fused CPU kernel; its 5-d output lies in memory as (B, nW, N, heads, d), so the
             # caller's transpose back to (B * nW, N, C) is a view.
@@ -204,6 +204,6 @@ class PackedAttend(nn.Module):
             if bias.stride(-1) != 1 and bias.numel() <= 1 << 16:
                 bias = bias.contiguous()   # the (heads, N, N) position bias: rows load faster than gathers
             return cpu_kernels.window_attention_int_cpu(q, k, v, bias, scale, self.qp, self.bits, self.keep_dc,
-                                                        self.rotate)
+                                                        self.rotate, self.row_mean)
         return window_attention_int(q.float(), k.float(), v.float(), bias.float(), scale, self.qp, self.bits,
                                     self.keep_dc, self.rotate, self.row_mean)

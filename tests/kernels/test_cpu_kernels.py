@@ -20,7 +20,7 @@ import torch
 from compsrt.kernels import cpu_kernels as ck
 from compsrt.kernels.hadamard import next_pow2
 from compsrt.kernels.hadamard_quant import hadamard_quant_ref, quantize_ref
-from compsrt.kernels.packed_linear import linear_epilogue_ref, linear_int8
+from compsrt.kernels.packed_linear import code_sum_term, linear_epilogue_ref, linear_int8
 from compsrt.kernels.window_attention_int import window_attention_int_ref
 from tie_tolerance import near_tie  # tests/kernels/tie_tolerance.py
 
@@ -218,6 +218,38 @@ def test_packed_linear_is_rotate_quantize_plus_linear_int8(case):
     assert rows_off <= 0.01 * x.shape[0] * splits
 
 
+@pytest.mark.parametrize("case", [
+    dict(c=60, per=60, splits=3, bits=4, masked=False),      # qkv
+    dict(c=60, per=120, splits=1, bits=2, masked=True),      # fc1, pruned
+    dict(c=120, per=60, splits=1, bits=3, masked=False),     # fc2
+    dict(c=20, per=200, splits=2, bits=4, masked=False),     # run-time NB path
+], ids=["qkv", "fc1-pruned", "fc2", "wide"])
+def test_packed_linear_row_mean_matches_the_pytorch_path(case):
+    """A row-mean layer (2DQuant --row-mean): the kernel subtracts each row's mean before
+    quantizing and adds ``mean dc_w^T + sum(codes) rm_g^T``, as PackedLinear's PyTorch path does;
+    only the mean's float rounding differs (a code on a tie by one)."""
+    x, w_t, qp, alpha, beta, c0, _, k_store = _packed_case(**case, keep_dc=False, rotate=False)
+    x = x + 3.0 * torch.randn(x.shape[0], 1, generator=torch.Generator().manual_seed(9))   # offset rows
+    per, splits, bits = case["per"], case["splits"], case["bits"]
+    g = torch.Generator().manual_seed(3)
+    dc_w, rm_g = torch.randn(splits * per, generator=g), torch.randn(splits * per, generator=g)
+    wpack, mpack = ck.pack_linear_weights(w_t, per)
+    got = ck.packed_linear_cpu(x, qp, bits, False, False, wpack, mpack, per, alpha, beta, c0, dc_w, rm_g=rm_g)
+    m = x.mean(-1, keepdim=True)
+    rows_off = 0
+    for s in range(splits):
+        cols = slice(s * per, (s + 1) * per)
+        q = torch.nn.functional.pad(quantize_ref(x - m, qp[s], bits), (0, k_store - x.shape[1]))
+        want = linear_int8(q, w_t[s], per, alpha[s], beta[s], c0[cols], m, dc_w[cols]) + code_sum_term(q, rm_g[cols])
+        rows_off += int(((got[:, cols] - want).abs() > 1e-4 * (1 + want.abs())).any(-1).sum())
+        # without the mean terms the output is far off: the kernel really adds them
+        plain = ck.packed_linear_cpu(x - m, qp[s:s + 1], bits, False, False, wpack[s:s + 1].contiguous(),
+                                     None if mpack is None else mpack[s:s + 1].contiguous(), per, alpha[s:s + 1],
+                                     beta[s:s + 1], c0[cols].contiguous())
+        assert (plain - want).abs().max() > 0.1
+    assert rows_off <= 0.01 * x.shape[0] * splits
+
+
 def test_packed_linear_rejects_bad_arguments():
     x, w_t, qp, alpha, beta, c0, dc_w, _ = _packed_case(60, 60, 3, 4, False, True, True)
     wpack, mpack = ck.pack_linear_weights(w_t, 60)
@@ -229,6 +261,10 @@ def test_packed_linear_rejects_bad_arguments():
         ck.packed_linear_cpu(x, qp, 4, True, True, wpack, None, 60, alpha, beta, c0[:60], dc_w)
     with pytest.raises(ValueError, match="w_t"):
         ck.pack_linear_weights(w_t.int(), 60)
+    with pytest.raises(ValueError, match="rm_g"):     # a row-mean layer is never rotated
+        ck.packed_linear_cpu(x, qp, 4, False, True, wpack, mpack, 60, alpha, beta, c0, dc_w, rm_g=dc_w)
+    with pytest.raises(ValueError, match="dc_w"):     # ... and needs its DC column
+        ck.packed_linear_cpu(x, qp, 4, False, False, wpack, mpack, 60, alpha, beta, c0, None, rm_g=dc_w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +324,20 @@ def test_window_attention_matches_ref(bits, layout, keep_dc, rotate):
     _assert_attention_close(got, want)
 
 
+@pytest.mark.parametrize("bits,layout", ATTN_CASES, ids=[f"w{b}-{lay}" for b, lay in ATTN_CASES])
+def test_window_attention_row_mean_matches_ref(bits, layout):
+    """Row means (2DQuant --row-mean) of q, k (per token), the probabilities (per query) and v (per
+    coefficient) stay fp32; ranges sized for centred operands (signed probabilities)."""
+    q, k, v, bias = _attn_inputs((2, 4, 6, 64, 10), layout, seed=bits)
+    q, k, v = q + 0.7, k - 0.4, v + 1.1                # offsets the row means must carry
+    qp = _attn_qp_bits(True, bits)
+    got = ck.window_attention_int_cpu(q, k, v, bias, 10 ** -0.5, qp, bits, False, False, row_mean=True)
+    want = window_attention_int_ref(q, k, v, bias, 10 ** -0.5, qp, bits, False, False, row_mean=True)
+    _assert_attention_close(got, want)
+    plain = window_attention_int_ref(q, k, v, bias, 10 ** -0.5, qp, bits, False, False)
+    assert (plain - want).abs().mean() > 0.1 * want.abs().mean()
+
+
 @pytest.mark.parametrize("n,d", [(16, 20), (32, 4), (64, 16), (16, 32), (64, 1)])
 @pytest.mark.parametrize("rotate", [True, False], ids=["rot", "norot"])
 def test_window_attention_other_sizes(n, d, rotate):
@@ -298,6 +348,11 @@ def test_window_attention_other_sizes(n, d, rotate):
     got = ck.window_attention_int_cpu(q, k, v, bias, d ** -0.5, qp, 4, True, rotate)
     want = window_attention_int_ref(q, k, v, bias, d ** -0.5, qp, 4, True, rotate)
     _assert_attention_close(got, want)
+    if not rotate:   # and with the row means
+        qp = _attn_qp(True)
+        got = ck.window_attention_int_cpu(q, k, v, bias, d ** -0.5, qp, 4, False, False, row_mean=True)
+        want = window_attention_int_ref(q, k, v, bias, d ** -0.5, qp, 4, False, False, row_mean=True)
+        _assert_attention_close(got, want)
 
 
 def test_window_attention_output_is_swinirs_token_layout():
@@ -324,6 +379,8 @@ def test_window_attention_rejects_bad_arguments():
         ck.window_attention_int_cpu(q.double(), k, v, bias, 0.3, qp, 4, True)
     with pytest.raises(ValueError, match="contiguous last"):
         ck.window_attention_int_cpu(torch.randn(1, 2, 2, 10, 64).transpose(-1, -2), k, v, bias, 0.3, qp, 4, True)
+    with pytest.raises(ValueError, match="row_mean"):
+        ck.window_attention_int_cpu(q, k, v, bias, 0.3, qp, 4, False, True, row_mean=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,22 +396,25 @@ def _rows_off(a, b):
     dict(c=120, rows=60, splits=1, bits=3, pruned=True, dc=True, rotate=True),
     dict(c=60, rows=120, splits=1, bits=2, pruned=True, dc=False, rotate=True),
     dict(c=60, rows=60, splits=1, bits=4, pruned=False, dc=False, rotate=False),
-], ids=["qkv", "fc2-pruned", "fc1-nodc", "norot"])
+    dict(c=60, rows=180, splits=3, bits=4, pruned=False, dc=False, rotate=False, row_mean=True),
+    dict(c=60, rows=120, splits=1, bits=2, pruned=True, dc=False, rotate=False, row_mean=True),
+], ids=["qkv", "fc2-pruned", "fc1-nodc", "norot", "rowmean-qkv", "rowmean-fc1-pruned"])
 def test_packed_linear_module_same_with_and_without_the_kernels(monkeypatch, case):
     from compsrt.runtime import PackedLinear
 
     g = torch.Generator().manual_seed(5)
     c, rows, splits, bits = case["c"], case["rows"], case["splits"], case["bits"]
     n = next_pow2(c) if case["rotate"] else c
-    dc = int(case["dc"])
+    dc, row_mean = int(case["dc"]), case.get("row_mean", False)
     codes = torch.randint(0, 2 ** bits, (rows, n - dc), generator=g).to(torch.uint8)
     mask = torch.rand(rows, n - dc, generator=g) > 0.4 if case["pruned"] else None
 
     def raw(lo, hi):   # stored [l, u, s2, z2] per split
         return torch.tensor([[lo - 0.1 * i, hi + 0.1 * i, 0.001, -0.002] for i in range(splits)])
 
-    mod = PackedLinear(c, n, codes, mask, torch.randn(rows, generator=g) if dc else None, raw(-0.5, 0.5),
-                       raw(-2.0, 2.5), torch.randn(rows, generator=g), bits, case["rotate"])
+    mod = PackedLinear(c, n, codes, mask, torch.randn(rows, generator=g) if dc or row_mean else None,
+                       raw(-0.5, 0.5), raw(-2.0, 2.5), torch.randn(rows, generator=g), bits, case["rotate"],
+                       row_mean)
     x = 1.5 * torch.randn(2, 700, c, generator=g)
     with torch.no_grad():
         fused = mod(x)
@@ -364,13 +424,14 @@ def test_packed_linear_module_same_with_and_without_the_kernels(monkeypatch, cas
     assert _rows_off(fused, plain) < 0.01
 
 
-@pytest.mark.parametrize("rotate,keep_dc", [(True, True), (True, False), (False, False)])
-def test_packed_attend_module_same_with_and_without_the_kernels(monkeypatch, rotate, keep_dc):
+@pytest.mark.parametrize("rotate,keep_dc,row_mean", [(True, True, False), (True, False, False), (False, False, False),
+                                                     (False, False, True)])
+def test_packed_attend_module_same_with_and_without_the_kernels(monkeypatch, rotate, keep_dc, row_mean):
     from compsrt.runtime import PackedAttend
 
-    raw = _attn_qp(rotate)
+    raw = _attn_qp(rotate or row_mean)
     raw[:, 2:] = torch.tensor([0.001, -0.001])                       # stored [l, u, s2, z2]
-    mod = PackedAttend(raw, 4, keep_dc, rotate)
+    mod = PackedAttend(raw, 4, keep_dc, rotate, row_mean)
     for layout in ("rpb_strided", "shifted_strided"):
         q, k, v, bias = _attn_inputs((1, 4, 6, 64, 10), layout, seed=7)
         with torch.no_grad():
@@ -401,3 +462,5 @@ def test_portable_build_matches_too(tmp_path, monkeypatch):
         test_window_attention_matches_ref(4, layout, True, True)
     test_window_attention_matches_ref(3, "rpb", False, False)
     test_window_attention_other_sizes(16, 20, True)
+    test_packed_linear_row_mean_matches_the_pytorch_path(dict(c=60, per=120, splits=1, bits=2, masked=True))
+    test_window_attention_row_mean_matches_ref(2, "shifted_strided")

@@ -1,6 +1,6 @@
 """The packed runtime of row-mean models (QuantConfig.row_mean) against the fake-quant model it came
 from: the same codes, and the row means' rank-1 terms in the epilogues, so the outputs agree up to
-float rounding (and codes on rounding ties). Row-mean layers run the PyTorch path."""
+float rounding (and codes on rounding ties). On the CPU the fused kernels run them, as every other layer."""
 from __future__ import annotations
 
 import pytest
@@ -43,21 +43,39 @@ def test_the_row_means_matter(make_calibrated, tmp_path):
 
 
 def test_row_mean_layers_run_integer_products_on_the_pytorch_path(make_calibrated, tmp_path, monkeypatch):
-    """Every quantized product is still an int8 product; the fused CPU kernels (which do not
-    subtract the means) are never called, even where they are available."""
+    """Without the fused CPU kernels (CUDA's path for these layers) every quantized product is
+    still an int8 product, and no float linear runs."""
     _, rt = _pair(make_calibrated, CONFIGS[2], tmp_path)
     assert all(mod.row_mean for mod in rt.modules() if isinstance(mod, (PackedLinear, PackedAttend)))
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
     calls, want = count_int_products(rt, monkeypatch)
 
     def never(*a, **k):
-        raise AssertionError("a fused CPU kernel ran a row-mean layer")
+        raise AssertionError("a float linear ran a quantized product")
 
-    monkeypatch.setattr(cpu_kernels, "packed_linear_cpu", never)
-    monkeypatch.setattr(cpu_kernels, "window_attention_int_cpu", never)
     monkeypatch.setattr(torch.nn.functional, "linear", never)
     with torch.no_grad():
         rt(torch.rand(1, 3, 16, 16))
     assert calls == want
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason=cpu_kernels.unavailable_reason())
+@pytest.mark.parametrize("idx", range(len(CONFIGS)))
+def test_row_mean_model_runs_the_fused_cpu_kernels(make_calibrated, tmp_path, monkeypatch, idx):
+    """Every row-mean site takes the fused CPU kernel, and the whole model agrees with the PyTorch path."""
+    _, rt = _pair(make_calibrated, CONFIGS[idx], tmp_path)
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    sites = sum(isinstance(mod, (PackedLinear, PackedAttend)) for mod in rt.modules())
+    seen = []
+    for name in ("packed_linear_cpu", "window_attention_int_cpu"):
+        real = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, _real=real, **k: seen.append(1) or _real(*a, **k))
+    with torch.no_grad():
+        fused = rt(x)
+        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+        plain = rt(x)
+    assert len(seen) == sites > 0
+    assert (fused - plain).abs().max() < 1e-3
 
 
 def test_fp16_row_means_stay_close(make_calibrated, tmp_path):

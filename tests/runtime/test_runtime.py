@@ -13,7 +13,7 @@ from compsrt.quant.pack import pack_model, read_packed, save_packed
 from compsrt.quant.qmodules import QuantLinear
 from compsrt.runtime import PackedAttend, PackedLinear, build_runtime, load_packed
 
-# Row means (QuantConfig.row_mean) run the PyTorch path; more of them in test_row_mean_runtime.py.
+# Row means (QuantConfig.row_mean); more of them in test_row_mean_runtime.py.
 ROW_MEAN_CONFIGS = [QuantConfig(bits=4, rotation="none", decompose=False, row_mean=True),
                     QuantConfig(bits=2, rotation="none", row_mean=True),
                     QuantConfig(bits=3, rotation="none", decompose=False, row_mean=True, prune=0.4),
