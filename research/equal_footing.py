@@ -13,7 +13,8 @@ SSIM of the packed model). Each step is skipped when its output exists, a calibr
 ``calib_state.safetensors`` is resumed (``--resume``), so the same command continues after an
 interruption; a failed step stops the run with its exit code. ``--arch mambairv2-light --bits 2``
 runs the same four variants on MambaIRv2-light (its calibration needs ``--arch`` in
-``python -m compsrt.calib``).
+``python -m compsrt.calib``); ``--variants`` keeps only some of the four (two processes can then share
+the runs without touching the same folder).
 
 ``table`` reads those files and prints, per bit width and variant: the effective bits per weight and
 per activation value (overall, FP offsets and padding included), the held-out fidelity of the
@@ -69,8 +70,8 @@ class Run:
         return f"{prefix}x{self.scale}_w{self.bits}_{self.variant}_s{self.seed}"
 
 
-def runs(arch: str, scale: int, bits: list[int], seeds: list[int]) -> list[Run]:
-    return [Run(arch, scale, b, v, s) for b in bits for v in VARIANTS for s in seeds]
+def runs(arch: str, scale: int, bits: list[int], seeds: list[int], variants=tuple(VARIANTS)) -> list[Run]:
+    return [Run(arch, scale, b, v, s) for b in bits for v in VARIANTS if v in variants for s in seeds]
 
 
 def _arch_args(run: Run) -> list[str]:
@@ -209,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
     p.add_argument("--bits", type=int, nargs="+", default=[4, 2])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS),
+                   help="run and commands: only these variants (e.g. to split the runs between two processes)")
     p.add_argument("--md", type=Path, help="table: also write it to this file")
     return p
 
@@ -225,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.data is None or not a.data.is_dir():
         print(f"equal_footing: --data {a.data}: not a benchmark folder (needed by {a.what})", file=sys.stderr)
         return 2
-    todo = [(run, step) for run in runs(a.arch, a.scale, a.bits, a.seeds) for step in pending_steps(run, a.out, a.data)]
+    todo = [(run, step) for run in runs(a.arch, a.scale, a.bits, a.seeds, a.variants)
+            for step in pending_steps(run, a.out, a.data)]
     if a.what == "commands":
         for _, (cmd, to) in todo:
             print(" ".join(cmd) + (f" > {to}" if to else ""))

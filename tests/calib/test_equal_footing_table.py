@@ -81,6 +81,11 @@ def test_commands_and_run_refuse_a_missing_benchmark_in_one_line(ef, tmp_path, c
     (tmp_path / "bench").mkdir()
     assert ef.main(["commands", "--out", str(tmp_path / "o"), "--data", str(tmp_path / "bench")]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 16 * 3
+    # --variants splits the runs between processes: disjoint folders
+    assert ef.main(["commands", "--out", str(tmp_path / "o"), "--data", str(tmp_path / "bench"), "--bits", "2",
+                    "--seeds", "1", "--variants", "2dquant", "2dquant-rowmean"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 2 * 3 and "--row-mean" in out and "compsrt-" not in out
 
 
 def test_table_from_fabricated_runs(ef, tmp_path, capsys):
