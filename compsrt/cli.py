@@ -35,7 +35,7 @@ import torch
 from .cli_errors import run_cli
 from .device import parse_device
 from .distributed import Dist, launched, prog_name, session
-from .errors import CompsrtError
+from .errors import ArgumentParser, CompsrtError
 from .io import MAX_PIXELS, SUPPORTED_SUFFIXES, Image, atomic_path, check_image_path, load_image, save_image
 from .infer import (AUTO_OVERLAP, GIB, auto_tile, available_bytes, bytes_per_pixel, estimate_bytes, is_out_of_memory,
                     outscale_size, prepare_half, resample, upscale_many)
@@ -54,7 +54,7 @@ _NOT_WITH_COMPARE = {"ext": "auto", "suffix": "", "outscale": None, "batch": 1, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="compsrt-infer", description="Super-resolve images with SwinIR-light (FP or CompSRT-compressed) or "
         "MambaIRv2-light. Details: README.md (Usage) and docs/infer.md.",
         usage="%(prog)s [options] IN [IN ...] OUT\n       %(prog)s --compare IMG OUT.png [--models M ...] "

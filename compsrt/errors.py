@@ -1,4 +1,9 @@
-"""The one exception type for problems a user can fix (bad file, wrong scale, missing tool)."""
+"""The one exception type for problems a user can fix (bad file, wrong scale, missing tool), and
+the command-line tools' argument parser, whose usage errors are one line too."""
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
 
 
 class CompsrtError(Exception):
@@ -22,3 +27,12 @@ def check_asked(path: object, noun: str, arch: str, scale: int, asked_arch: str 
     if asked_scale is not None and scale != asked_scale:
         raise CompsrtError(f"{path}: this is an x{scale} {noun} but --scale {asked_scale} was asked; "
                            f"use --scale {scale}")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line, as every other user mistake:
+    ``<prog>: error: <message> (see <prog> --help)`` on stderr and exit code 2 (argparse's own
+    code), without the usage block. Subparsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

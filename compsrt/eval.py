@@ -26,7 +26,7 @@ from torch import nn
 
 from .cli_errors import run_cli
 from .data import benchmark_hr_paths, load_benchmark_pair
-from .errors import CompsrtError
+from .errors import ArgumentParser, CompsrtError
 from .io import atomic_path, to_float, to_uint
 from .metrics import psnr, ssim
 from .device import parse_device
@@ -98,7 +98,7 @@ def markdown_table(results: dict[str, dict], label: str = "model") -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compsrt.eval", description="PSNR/SSIM on benchmark sets.")
+    p = ArgumentParser(prog="python -m compsrt.eval", description="PSNR/SSIM on benchmark sets.")
     p.add_argument("--weights", type=Path, help="FP weights or compressed checkpoint (default: bundled)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
     p.add_argument("--arch", choices=ARCHS, default="swinir-light")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .cli_errors import run_cli
-from .errors import CompsrtError
+from .errors import ArgumentParser, CompsrtError
 from .state import file_sha256
 from .quant.pack import FP_DTYPES, pack_model, save_packed
 
@@ -46,7 +46,7 @@ def pack_file(src: Path, dst: Path, fp_dtype: str = "fp16", command: str = "") -
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compsrt.pack", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m compsrt.pack", description=__doc__.split("\n")[0])
     p.add_argument("calibrated", type=Path, help="calibrated checkpoint (compsrt-calibrated safetensors)")
     p.add_argument("out", type=Path, help="packed checkpoint to write (.safetensors)")
     p.add_argument("--fp-dtype", choices=list(FP_DTYPES), default="fp16",

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from .cli_errors import run_cli
-from .errors import CompsrtError
+from .errors import ArgumentParser, CompsrtError
 
 
 def _kind(path: str) -> str:
@@ -164,7 +164,7 @@ def format_effective_bits(r: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m compsrt.size", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m compsrt.size", description=__doc__.split("\n")[0])
     p.add_argument("checkpoints", type=Path, nargs="+", help="packed checkpoints (.safetensors)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     a = p.parse_args(argv)

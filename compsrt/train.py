@@ -32,7 +32,7 @@ from .cli_errors import run_cli
 from .config import SwinIRConfig
 from .data import Pair, load_training_pairs, random_patches, split_holdout
 from .device import parse_device
-from .errors import CompsrtError
+from .errors import ArgumentParser, CompsrtError
 from .metrics import psnr
 from .model.swinir import SwinIRLight
 from .model.weights import read_state_dict, save_state_dict
@@ -206,7 +206,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = Tr
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compsrt.train", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m compsrt.train", description=__doc__.split("\n")[0])
     d = TrainConfig()
     p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
     p.add_argument("--data", type=Path, nargs="+", required=True, help="folders of HR training images")

@@ -36,3 +36,26 @@ def test_ctrl_c_is_one_line_exit_130_or_propagates(capsys):
     assert capsys.readouterr().err == "t: interrupted; nothing written\n"
     with pytest.raises(KeyboardInterrupt):     # a tool that names nothing to say (compsrt.size)
         run_cli("t", _raise(KeyboardInterrupt()))
+
+
+@pytest.mark.parametrize("module,argv", [
+    ("compsrt.cli", ["a.png", "b.png", "--scale", "5"]),
+    ("compsrt.eval", ["--no-such-option"]),
+    ("compsrt.calib.__main__", ["--bits", "9"]),
+    ("compsrt.pack", []),
+    ("compsrt.size", []),
+    ("compsrt.train", ["--scale", "x"]),
+    ("compsrt.analysis.__main__", ["no-such-command"]),
+    ("compsrt.analysis.__main__", ["significance", "--no-such-option"]),   # a subparser
+    ("compsrt.model.paddle_convert", []),
+    ("compsrt.kernels.cpu_kernels", ["--no-such-option"]),
+])
+def test_usage_errors_are_one_line_exit_2(capsys, module, argv):
+    """argparse's usage errors too: one line naming the tool and the problem, no usage block."""
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and "error: " in err and "--help" in err and "usage:" not in err, err

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CompsrtError
+from ..errors import ArgumentParser, CompsrtError
 from ..io import atomic_path
 from ..load import ARCHS, checkpoint_kind, load_model
 from .capture import PER_CHUNK
@@ -28,7 +28,7 @@ PROG = "python -m compsrt.analysis"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distributions", help="weight and activation statistics before/after rotation (Table 1)")
     d.add_argument("--arch", choices=ARCHS, default="swinir-light")

@@ -29,7 +29,7 @@ from ..config import LOSSES, LR_UNITS, CalibConfig
 from ..data import load_training_pairs, split_holdout
 from ..device import parse_device
 from ..distributed import Dist, prog_name, session
-from ..errors import CompsrtError
+from ..errors import ArgumentParser, CompsrtError
 from ..io import atomic_path
 from ..quant.compress import save_calibrated
 from ..quant.pack import pack_model, save_packed
@@ -59,7 +59,7 @@ def _data_identity(folders: list[Path]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     d = CalibConfig()
-    p = argparse.ArgumentParser(prog="python -m compsrt.calib", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m compsrt.calib", description=__doc__.split("\n")[0])
     p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
     p.add_argument("--arch", choices=ARCHS, default="swinir-light")
     p.add_argument("--layers", default="", help="the layer set quantized (compsrt/quant/plan.py): swinir-light has "

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-from ..errors import CompsrtError
+from ..errors import ArgumentParser, CompsrtError
 
 
 def find_source_dir(sources: Sequence[str], what: str) -> Path:
@@ -102,7 +102,7 @@ def build_main(argv: Optional[Sequence[str]], module: str, description: str,
         0; or 2 after a ``<module>: error: ...`` message on stderr when ``build`` raises
         CompsrtError (no compiler), RuntimeError (the compiler failed) or ValueError (a bad option).
     """
-    parser = argparse.ArgumentParser(prog=f"python -m compsrt.kernels.{module}", description=description)
+    parser = ArgumentParser(prog=f"python -m compsrt.kernels.{module}", description=description)
     if add_options is not None:
         add_options(parser)
     parser.add_argument("--out-dir", type=Path, help="output folder (default: the prebuilt folder)")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import CompsrtError
+from ..errors import ArgumentParser, CompsrtError
 from ..state import file_sha256
 from .mambairv2 import MambaIRv2Config, MambaIRv2Light, infer_mambairv2_config, official_to_model
 from .swinir import relative_position_index
@@ -141,7 +141,7 @@ def convert_file(src: Path, dst: Path, check_sha: bool = True) -> MambaIRv2Light
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compsrt.model.paddle_convert",
+    p = ArgumentParser(prog="python -m compsrt.model.paddle_convert",
                                 description="Convert official MambaIRv2-light .pdparams weights to safetensors.")
     p.add_argument("src", type=Path, help="the .pdparams file")
     p.add_argument("dst", type=Path, help="the .safetensors file to write")
