@@ -188,3 +188,16 @@ def test_mambairv2_site_cost(tmp_path, capsys):
     mod = research("mambairv2_site_cost")
     assert [r.split(" | ")[0][2:] for r in rows] == ["nothing", *mod.GROUPS]
     assert all(int(r.split(" | ")[1]) > 0 for r in rows[1:])
+
+
+def test_row_mean_sites(tiny, capsys):
+    """research/row_mean_sites.py on the tiny model: per bit width, one row per group, each group
+    holding at least one quantizer."""
+    mod = research("row_mean_sites")
+    mod.main(["--data", str(tiny["data"]), "--images", "2", "--lr-size", "16", "--bits", "2",
+              "--weights", str(tiny["weights"]), "--calib-data", str(tiny["data"])])
+    out = capsys.readouterr().out
+    rows = [r for r in out.splitlines() if r.startswith("| ") and "---" not in r][1:]
+    assert "W2A2: row mean nowhere" in out
+    assert [r.split(" | ")[0][2:] for r in rows] == list(mod.GROUPS)
+    assert all(int(r.split(" | ")[1]) > 0 for r in rows)
