@@ -36,7 +36,7 @@ def code_ties(fake, packed, x) -> dict:
             r = hadamard_ref(t, -1) if rt.rotate else t
             for i, aq in enumerate(mod.aq):
                 s2, z2 = aq.extras()
-                part = r[:, rt.dc:]
+                part = r - r.mean(-1, keepdim=True) if rt.row_mean else r[:, rt.dc:]   # what calibration quantizes
                 _, want = fake_quant_ref(part, aq.lower, aq.upper, mod.wq[0].bits, s2, z2, return_codes=True)
                 got, _ = rt.activation_codes(t, r, i)
                 got = got[:, rt.dc:rt.n].to(torch.uint8)
