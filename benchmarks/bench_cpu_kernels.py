@@ -16,7 +16,9 @@ windows of 64 tokens, 6 heads, head dim 10. ``torch.set_num_threads(1)`` for eve
   attention ``softmax(q k^T scale + bias) v`` (SwinIR's Attend), for the two bias layouts SwinIR
   passes: ``rpb``, the (6, 64, 64) position bias; ``shifted``, the (256, 6, 64, 64) sum of it and
   the shift mask, heads innermost as ``rpb + mask[:, None]`` leaves it. q, k, v are strided views of
-  one qkv tensor, as SwinIR makes them.
+  one qkv tensor, as SwinIR makes them. For ``shifted``, ``fused_mask_apart`` is what the runtime
+  now does (the (256, 64, 64) mask given beside the position bias, added in the kernel) and
+  ``fused_summed`` what it did before (the sum built per call, then read), the sum's time included.
 """
 from __future__ import annotations
 
@@ -135,6 +137,7 @@ def _attention_inputs(layout: str):
     qkv = torch.randn(WINDOWS, TOKENS, 3, HEADS, HEAD_DIM, generator=g).permute(2, 0, 3, 1, 4)
     q, k, v = (t.reshape(1, WINDOWS, HEADS, TOKENS, HEAD_DIM) for t in qkv)
     rpb = 2.0 * torch.randn(TOKENS, TOKENS, HEADS, generator=g).permute(2, 0, 1)   # as position_bias()
+    mask = None
     if layout == "rpb":
         bias = rpb
     else:
@@ -144,15 +147,25 @@ def _attention_inputs(layout: str):
     s = [2.0 / 15, 4.0 / 15, 0.1 / 15, 4.0 / 15]
     qp = torch.tensor([[-1.0, 1.0, s[0], -1.0 - 0.3 * s[0]], [-2.0, 2.0, s[1], -2.0 - 0.3 * s[1]],
                        [-0.05, 0.05, s[2], -0.05 - 0.3 * s[2]], [-2.0, 2.0, s[3], -2.0 - 0.3 * s[3]]])
-    return q, k, v, bias, qp
+    return q, k, v, bias, qp, rpb, mask
 
 
 @pytest.mark.parametrize("layout", ["rpb", "shifted"])
-@pytest.mark.parametrize("impl", ["fused", "ref", "fp"])
+@pytest.mark.parametrize("impl", ["fused", "fused_mask_apart", "fused_summed", "ref", "fp"])
 def test_window_attention(benchmark, impl, layout):
-    q, k, v, bias, qp = _attention_inputs(layout)
+    q, k, v, bias, qp, rpb, mask = _attention_inputs(layout)
     scale = HEAD_DIM ** -0.5
-    if impl == "fused":
+    if impl.startswith("fused_") and layout != "shifted":
+        pytest.skip("the shift mask is only in shifted blocks")
+    if impl == "fused_mask_apart":
+        r = rpb.contiguous()
+
+        def fn():
+            return ck.window_attention_int_cpu(q, k, v, r, scale, qp, BITS, True, mask=mask)
+    elif impl == "fused_summed":
+        def fn():
+            return ck.window_attention_int_cpu(q, k, v, rpb + mask[:, None], scale, qp, BITS, True)
+    elif impl == "fused":
         # PackedAttend makes the small (heads, N, N) position bias contiguous; the per-window sum is
         # read as it is
         b = bias.contiguous() if bias.numel() <= 1 << 16 else bias

@@ -436,7 +436,8 @@ inline void prep_qk_block(const float* src, int64_t ts, bool scaled, const AttnA
 
 template <int NV>
 void attn_task(const float* qb, int64_t qts, const float* kb, int64_t kts, const float* vb_, int64_t vts,
-               const float* bb, int64_t bis, int64_t bjs, float* ob, int64_t ots, const AttnArgs& A,
+               const float* bb, int64_t bis, int64_t bjs, const float* mb, int64_t mis, float* ob, int64_t ots,
+               const AttnArgs& A,
                AttnScratch& S) {
   constexpr int N = NV * L;
   const int nw = A.nw, d = A.d;
@@ -494,6 +495,15 @@ void attn_task(const float* qb, int64_t qts, const float* kb, int64_t kts, const
       }
     } else {
       for (int j = 0; j < N; ++j) BT[j] = gather(brow + j * bjs, bidx);
+    }
+    if (mb) {   // the shift mask's rows of these queries (contiguous): bias + mask, as the model adds them
+      const float* mrow = mb + g * L * mis;
+      for (int kb = 0; kb < NV; ++kb) {
+        vf MT[L];
+        for (int r = 0; r < L; ++r) MT[r] = vload(mrow + r * mis + kb * L);
+        transpose16(MT);
+        for (int r = 0; r < L; ++r) BT[kb * L + r] = BT[kb * L + r] + MT[r];
+      }
     }
     if (A.row_mean) {
       // row_mean_epilogue_ref: ((acc sa sk_s + (sq sa zk + za zk d)) + sk za sk_s) + m_q rowsum Q(c_k)
@@ -603,7 +613,7 @@ void attn_task(const float* qb, int64_t qts, const float* kb, int64_t kts, const
 }
 
 typedef void (*AttnFn)(const float*, int64_t, const float*, int64_t, const float*, int64_t, const float*, int64_t,
-                       int64_t, float*, int64_t, const AttnArgs&, AttnScratch&);
+                       int64_t, const float*, int64_t, float*, int64_t, const AttnArgs&, AttnScratch&);
 
 AttnFn attn_fn(int N) {
   switch (N) {
@@ -719,7 +729,7 @@ LinFn linear_fn(int nb) {
 extern "C" {
 
 // Interface version, checked by the Python loader.
-int compsrt_cpu_abi_version() { return 5; }
+int compsrt_cpu_abi_version() { return 6; }
 
 // x (M, C) fp32 -> int8 codes of S quantizers at once (rotation done once per row).
 //   x: (M, C) fp32, row stride ldx (elements), columns contiguous.
@@ -869,7 +879,10 @@ int compsrt_packed_linear(const float* x, int64_t M, int64_t C, int64_t ldx, int
 //   and quantized, integer attn v + epilogue + dc.
 //   q, k, v: fp32 (B, W, H, N, d) with element strides sq_/sk_/sv_[5] (the last must be 1); q unscaled.
 //   bias: fp32 (B, W, H, N, N) with any strides sb[5] (0 where broadcast; read with gathers, so
-//         the head-innermost layout of SwinIR's rpb + mask sum needs no copy).
+//         the head-innermost layout of SwinIR's relative-position bias needs no copy).
+//   mask: fp32 (W, N, N) additive shift mask, window stride smw, row stride smr, columns contiguous,
+//         added to the bias (bias + mask, in that order) before the logits; or NULL. Passing it apart
+//         spares the caller a (W, H, N, N) sum per call.
 //   B, W, H: batch, windows, heads; N: tokens (16, 32 or 64); d: head dim (1..32).
 //   scale: q's multiplier (used as fp32, as q * scale in torch).
 //   qp: (4, 4) fp32, rows q, k, attn, v, each [l, u, s, z].
@@ -880,6 +893,7 @@ int compsrt_packed_linear(const float* x, int64_t M, int64_t C, int64_t ldx, int
 //   nthreads: OpenMP threads.
 int compsrt_window_attention_int(const float* q, const int64_t* sq_, const float* k, const int64_t* sk_,
                                  const float* v, const int64_t* sv_, const float* bias, const int64_t* sb,
+                                 const float* mask, int64_t smw, int64_t smr,
                                  int64_t B, int64_t W, int64_t H, int N, int d, float scale, const float* qp,
                                  int bits, int keep_dc, int rotate, int row_mean, float* out,
                                  const int64_t* so, int nthreads) {
@@ -929,10 +943,12 @@ int compsrt_window_attention_int(const float* q, const int64_t* sq_, const float
           prefetch_span(vn + j * sv_[3], d);
           prefetch_span(on + j * so[3], d);
           prefetch_strided(bn_ + j * sb[3], N, sb[4]);
+          if (mask && h == 0) prefetch_span(mask + wn * smw + j * smr, N);
         }
       }
       fn(q + b * sq_[0] + w * sq_[1] + h * sq_[2], sq_[3], k + b * sk_[0] + w * sk_[1] + h * sk_[2], sk_[3],
          v + b * sv_[0] + w * sv_[1] + h * sv_[2], sv_[3], bias + b * sb[0] + w * sb[1] + h * sb[2], sb[3], sb[4],
+         mask ? mask + w * smw : nullptr, smr,
          out + b * so[0] + w * so[1] + h * so[2], so[3], A, S);
     }
   }

@@ -47,7 +47,7 @@ from .hadamard import next_pow2
 LIB_NAME = "libcompsrt_cpu.so"
 SOURCE = "cpu_kernels.cpp"
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-march=native", "-ffp-contract=off", "-std=c++17")
-ABI_VERSION = 5
+ABI_VERSION = 6
 NMAX = 4096                      # rotate_quantize: largest n
 ATTN_TOKENS = (16, 32, 64)       # window_attention_int_cpu: supported N
 ATTN_DMAX = 32                   # window_attention_int_cpu: largest head dim
@@ -143,8 +143,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.compsrt_rotate_quantize.restype = i
     lib.compsrt_linear_epilogue.argtypes = [p, i64, i64, i64, p, f, f, p, p, p, p, i64, i]
     lib.compsrt_linear_epilogue.restype = i
-    lib.compsrt_window_attention_int.argtypes = [p, p, p, p, p, p, p, p, i64, i64, i64, i, i, f, p, i, i, i, i,
-                                                 p, p, i]
+    lib.compsrt_window_attention_int.argtypes = [p, p, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, i, i, f, p, i,
+                                                 i, i, i, p, p, i]
     lib.compsrt_window_attention_int.restype = i
     lib.compsrt_packed_linear.argtypes = [p, i64, i64, i64, i, i, p, i64, i, p, p, i64, i64, i64, p, p, p, p, i, p,
                                           p, i64, i]
@@ -483,7 +483,8 @@ def _as5(name: str, t: Tensor) -> Tensor:
 
 
 def window_attention_int_cpu(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, qp: Tensor, bits: int,
-                             keep_dc: bool, rotate: bool = True, row_mean: bool = False) -> Tensor:
+                             keep_dc: bool, rotate: bool = True, row_mean: bool = False,
+                             mask: Optional[Tensor] = None) -> Tensor:
     """Matches window_attention_int_ref (up to float rounding of the rotations, the row means and
     the softmax's exp and sum; codes on rounding ties may differ by one).
 
@@ -500,6 +501,9 @@ def window_attention_int_cpu(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scal
         rotate: False quantizes the operands as they are (2DQuant).
         row_mean: (not with rotate) each operand row's mean along the contraction axis stays fp32
             and the centred rest is quantized (QuantConfig.row_mean).
+        mask: fp32 (nW, N, N) additive shift mask (nW = q's window dimension) or None: the logits
+            get ``bias + mask`` (broadcast over batch and heads), summed in the kernel, so SwinIR's
+            shifted blocks need not build the (nW, heads, N, N) sum.
     Returns:
         fp32 of q's shape. For 5-d q its memory is (B, nW, N, heads, d) contiguous, so SwinIR's
         ``out.reshape(B * nW, heads, N, d).transpose(1, 2).reshape(B * nW, N, C)`` copies nothing.
@@ -527,12 +531,19 @@ def window_attention_int_cpu(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scal
     for name, t in (("q", q5), ("k", k5), ("v", v5), ("bias", b5)):
         if max(abs(t.stride(-2)), abs(t.stride(-1))) * 64 >= 2 ** 31:   # int32 gather indices
             raise ValueError(f"{name}'s token strides {t.stride()[-2:]} are too large for the kernel")
+    if mask is not None:
+        _check("mask", mask, torch.float32, 3)
+        if tuple(mask.shape) != (w, n, n):
+            raise ValueError(f"mask must be (nW, N, N) = {(w, n, n)}, got {tuple(mask.shape)}")
+        if mask.stride(-1) != 1:
+            mask = mask.contiguous()
     qpc = _qp(qp, 4)
     lib = load_library()
     out = torch.empty((b, w, n, h, d), dtype=torch.float32).permute(0, 1, 3, 2, 4)
     arr = lambda t: (ctypes.c_int64 * 5)(*t.stride())                                   # noqa: E731
     err = lib.compsrt_window_attention_int(
-        _ptr(q5), arr(q5), _ptr(k5), arr(k5), _ptr(v5), arr(v5), _ptr(b5), arr(b5), b, w, h, n, d, float(scale),
+        _ptr(q5), arr(q5), _ptr(k5), arr(k5), _ptr(v5), arr(v5), _ptr(b5), arr(b5), _ptr(mask),
+        0 if mask is None else mask.stride(0), 0 if mask is None else mask.stride(1), b, w, h, n, d, float(scale),
         _ptr(qpc), bits, int(bool(keep_dc)), int(bool(rotate)), int(bool(row_mean)), _ptr(out), arr(out), _threads())
     _run(lib, err, "compsrt_window_attention_int")
     return out if q.ndim == 5 else out.reshape(q.shape)

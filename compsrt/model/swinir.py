@@ -68,9 +68,14 @@ class Mlp(nn.Module):
 
 
 class Attend(nn.Module):
-    """softmax(q k^T * scale + bias) v. q, k, v: (B, nW, heads, N, d); bias broadcasts."""
+    """softmax(q k^T * scale + bias (+ mask)) v. q, k, v: (B, nW, heads, N, d); bias broadcasts;
+    mask: None or the (nW, N, N) shift mask, added to the bias here (``bias + mask[:, None]``), so
+    that a runtime module in this one's place can add it without building the sum."""
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
+                mask: Tensor | None = None) -> Tensor:
+        if mask is not None:
+            bias = bias + mask[:, None]
         # Explicit rather than scaled_dot_product_attention: with a float mask the CPU
         # SDPA falls back to a path ~3x slower (masked-row checks) for these 64-token windows.
         logits = (q * scale) @ k.transpose(-2, -1) + bias.to(q.dtype)
@@ -109,10 +114,8 @@ class WindowAttention(nn.Module):
         b_, n, c = x.shape
         q, k, v = self.split_qkv(x)
         shape5 = (b_ // n_windows, n_windows, self.heads, n, self.head_dim)
-        bias = self.position_bias()  # (heads, N, N)
-        if mask is not None:
-            bias = bias + mask[:, None]  # (nW, heads, N, N)
-        out = self.attend(q.reshape(shape5), k.reshape(shape5), v.reshape(shape5), bias, self.scale)
+        bias = self.position_bias()  # (heads, N, N); the attend module adds the (nW, N, N) mask
+        out = self.attend(q.reshape(shape5), k.reshape(shape5), v.reshape(shape5), bias, self.scale, mask)
         out = out.reshape(b_, self.heads, n, self.head_dim).transpose(1, 2).reshape(b_, n, c)
         return self.proj(out)
 

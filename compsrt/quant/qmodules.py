@@ -274,7 +274,10 @@ class QuantAttend(nn.Module):
         # v is rotated along its head dim, as the official code does)
         self.v = ActQuantizer(cfg, -2 if cfg.rotation == "deploy" or cfg.row_mean else -1)
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
+                mask: Tensor | None = None) -> Tensor:
+        if mask is not None:   # the shift mask (nW, N, N), as compsrt.model.swinir.Attend adds it
+            bias = bias + mask[:, None]
         logits = self.q(q * scale) @ self.k(k).transpose(-2, -1) + bias.to(q.dtype)
         attn = logits.softmax(-1).to(v.dtype)
         return self.a(attn) @ self.v(v)

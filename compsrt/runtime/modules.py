@@ -194,7 +194,10 @@ class PackedAttend(nn.Module):
     def extra_repr(self) -> str:
         return f"bits={self.bits}, rotate={self.rotate}, exact_dc={self.keep_dc}, row_mean={self.row_mean}"
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
+                mask: Tensor | None = None) -> Tensor:
+        """``mask``: None or the (nW, N, N) shift mask, added to the bias (the fused CPU kernel adds
+        it per window; elsewhere ``bias + mask[:, None]``, as compsrt.model.swinir.Attend)."""
         if (q.device.type == "cpu" and cpu_kernels.attention_supported(q)
                 and cpu_kernels.available()):
             # Fused CPU kernel; its 5-d output lies in memory as (B, nW, N, heads, d), so the
@@ -204,6 +207,9 @@ class PackedAttend(nn.Module):
             if bias.stride(-1) != 1 and bias.numel() <= 1 << 16:
                 bias = bias.contiguous()   # the (heads, N, N) position bias: rows load faster than gathers
             return cpu_kernels.window_attention_int_cpu(q, k, v, bias, scale, self.qp, self.bits, self.keep_dc,
-                                                        self.rotate, self.row_mean)
+                                                        self.rotate, self.row_mean,
+                                                        None if mask is None else mask.float())
+        if mask is not None:
+            bias = bias + mask[:, None]
         return window_attention_int(q.float(), k.float(), v.float(), bias.float(), scale, self.qp, self.bits,
                                     self.keep_dc, self.rotate, self.row_mean)

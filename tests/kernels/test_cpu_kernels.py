@@ -324,6 +324,27 @@ def test_window_attention_matches_ref(bits, layout, keep_dc, rotate):
     _assert_attention_close(got, want)
 
 
+@pytest.mark.parametrize("rotate,row_mean", [(True, False), (False, False), (False, True)])
+def test_window_attention_adds_the_shift_mask_apart(rotate, row_mean):
+    """The (nW, N, N) shift mask given apart from the (heads, N, N) position bias gives what the
+    reference gives for their sum, bias + mask, exactly as the model adds them."""
+    q, k, v, _ = _attn_inputs((2, 4, 6, 64, 10), "rpb", seed=3)
+    g = torch.Generator().manual_seed(4)
+    rpb = 2.0 * torch.randn(64, 64, 6, generator=g).permute(2, 0, 1)       # heads innermost
+    region = torch.arange(64)[None, :] // 16 + torch.arange(4)[:, None] % 3
+    mask = torch.where(region[:, :, None] == region[:, None, :], 0.0, -100.0)
+    qp = _attn_qp_bits(rotate or row_mean, 4)
+    got = ck.window_attention_int_cpu(q, k, v, rpb, 10 ** -0.5, qp, 4, True, rotate, row_mean, mask=mask)
+    want = window_attention_int_ref(q, k, v, rpb + mask[:, None], 10 ** -0.5, qp, 4, True, rotate, row_mean)
+    _assert_attention_close(got, want)
+    summed = ck.window_attention_int_cpu(q, k, v, rpb + mask[:, None], 10 ** -0.5, qp, 4, True, rotate, row_mean)
+    torch.testing.assert_close(got, summed, atol=0, rtol=0)   # the same floats, bit for bit
+    unmasked = ck.window_attention_int_cpu(q, k, v, rpb, 10 ** -0.5, qp, 4, True, rotate, row_mean)
+    assert (unmasked - got).abs().max() > 0.1
+    with pytest.raises(ValueError, match="mask"):
+        ck.window_attention_int_cpu(q, k, v, rpb, 10 ** -0.5, qp, 4, True, rotate, row_mean, mask=mask[:3])
+
+
 @pytest.mark.parametrize("bits,layout", ATTN_CASES, ids=[f"w{b}-{lay}" for b, lay in ATTN_CASES])
 def test_window_attention_row_mean_matches_ref(bits, layout):
     """Row means (2DQuant --row-mean) of q, k (per token), the probabilities (per query) and v (per
