@@ -195,6 +195,27 @@ def test_group_names_and_duplicate_counts():
     assert quantizer_counts(plan) == {"weight_quantizers": 24, "activation_quantizers": 40, "duplicates_dropped": 8}
 
 
+def test_streamed_attention_probabilities_carry_the_shift_mask():
+    """A shifted block's captured softmax has the model's mask in it: ~0 (e^-100) for every pair of
+    tokens the mask separates; the unshifted block's has no such zeros."""
+    from compsrt.analysis.capture import streaming
+
+    torch.manual_seed(0)
+    model = SwinIRLight(SwinIRConfig(scale=2, embed_dim=12, depths=(2,), num_heads=(2,))).eval()
+    seen = {}
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    with streaming(model, plan_for(model), lambda n, t: seen.__setitem__(n, t)), torch.no_grad():
+        model(x)
+    mask = model.shift_mask_for(24, 24, x.device)                     # (nW, N, N), -100 across regions
+    blocks = model.layers[0].residual_group.blocks
+    assert not blocks[0].shift and blocks[1].shift and bool((mask < 0).any())
+    plain = next(t for n, t in seen.items() if ".blocks.0." in n and n.endswith(".attn"))
+    shifted = next(t for n, t in seen.items() if ".blocks.1." in n and n.endswith(".attn"))
+    sep = (mask < 0)[None, :, None].expand_as(shifted)
+    assert float(shifted[sep].max()) < 1e-30
+    assert float(plain.min()) > 1e-30
+
+
 # ---------------------------------------------------------------- the CLI, end to end
 
 @pytest.fixture(scope="module")

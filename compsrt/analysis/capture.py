@@ -180,6 +180,8 @@ def streaming(model: nn.Module, plan: QuantPlan, sink: Callable[[str, Tensor], N
     def attend_hook(path: str):
         def hook(mod, args):
             q, k, v, bias, scale = args[:5]
+            if len(args) > 5 and args[5] is not None:   # a shifted block's (nW, N, N) mask, as Attend adds it
+                bias = bias + args[5][:, None]
             qs = q * scale
             sink(f"{path}.q", qs)
             sink(f"{path}.k", k)
