@@ -12,6 +12,11 @@ bundled crops' sources, centre crops of ``--lr-size`` LR pixels). No finetuning:
 the row mean does to the quantization grid. The per-quantizer switch is the instance's
 ``row_mean`` attribute (the mean along the quantizer's contraction axis kept FP).
 
+Then one probe of the mechanism (``--probe-block``, default layer 1 block 2): that block's FP
+attention probabilities on the calibration batch, DOBI's range for them as they are (non-negative:
+the one-sided search) and centred (signed: the two-sided search), and the relative error of
+attn x v with each.
+
 Training images, never a test set.
 """
 from __future__ import annotations
@@ -27,10 +32,12 @@ import numpy as np
 import torch
 
 from compsrt.calib.__main__ import bundled_calib_images
-from compsrt.calib.calibrate import search_bounds_
+from compsrt.calib.calibrate import calib_batch, search_bounds_
+from compsrt.calib.dobi import dobi
 from compsrt.calib.methods import method_config
 from compsrt.config import CalibConfig
 from compsrt.data import load_training_pairs
+from compsrt.kernels.fake_quant import fake_quant_ref
 from compsrt.load import load_model
 from compsrt.metrics import psnr
 from compsrt.quant.compress import compress_
@@ -72,6 +79,39 @@ def fidelity(fp: torch.nn.Module, bits: int, on: set[str], train, pairs, fp_out)
     return float(np.mean([psnr(y, f, 2) for y, f in zip(sr, fp_out)]))
 
 
+def probe(fp: torch.nn.Module, train, layer: int, block: int, bits_list: list[int]) -> None:
+    """DOBI's range for one block's attention probabilities, plain and centred, and what it does to attn x v."""
+    attend = fp.layers[layer].residual_group.blocks[block].attn.attend
+    seen = {}
+
+    def grab(mod, args):
+        q, k, v, bias, scale = args[:5]
+        if len(args) > 5 and args[5] is not None:
+            bias = bias + args[5][:, None]
+        seen["p"], seen["v"] = ((q * scale) @ k.transpose(-2, -1) + bias).softmax(-1), v
+
+    hook = attend.register_forward_pre_hook(grab)
+    try:
+        cal = calib_batch(train, CalibConfig(), 2)
+        with torch.no_grad():
+            fp(torch.from_numpy(cal).float().div_(255.0))   # as calibration feeds it
+    finally:
+        hook.remove()
+    p, v = seen["p"], seen["v"]
+    ref = p @ v
+    mean = p.mean(-1, keepdim=True)
+    print(f"\nprobe: layers.{layer} block {block}, attention probabilities of the calibration batch "
+          f"({p.shape[-1]} keys per row)\n")
+    print("| bits | operand | DOBI range | step | attn x v relative error |\n|---|---|---|---|---|")
+    for bits in bits_list:
+        for name, t, off, one_sided in (("p (one-sided search)", p, 0.0, True),
+                                        ("p - row mean (two-sided)", p - mean, mean, False)):
+            lo, hi = dobi(t, bits, one_sided=one_sided)
+            q = off + fake_quant_ref(t, torch.tensor(lo), torch.tensor(hi), bits)
+            err = float((q @ v - ref).norm() / ref.norm())
+            print(f"| W{bits} | {name} | [{lo:.4f}, {hi:.4f}] | {(hi - lo) / (2 ** bits - 1):.4f} | {err:.3f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True, help="a folder of HR training images")
@@ -80,14 +120,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr-size", type=int, default=64)
     p.add_argument("--weights", type=Path, help="x2 SwinIR-light FP weights (default: the bundled ones)")
     p.add_argument("--calib-data", type=Path, help="DOBI's training images (default: the bundled calibration crops)")
+    p.add_argument("--probe-block", type=int, nargs=2, default=[1, 2], metavar=("LAYER", "BLOCK"))
     a = p.parse_args(argv)
     torch.manual_seed(0)
     fp = load_model(a.weights, 2).eval()
     train = load_training_pairs([a.calib_data or bundled_calib_images()], 2, progress=False)
     pairs = held_out_pairs(a.data, a.images, a.lr_size, 2)
     fp_out = outputs(fp, pairs)
-    probe = compress_(copy.deepcopy(fp), method_config("2dquant", 4))
-    every = {n for n, q in probe.named_modules() if isinstance(q, Quantizer)}
+    names = compress_(copy.deepcopy(fp), method_config("2dquant", 4))
+    every = {n for n, q in names.named_modules() if isinstance(q, Quantizer)}
     print(f"{len(pairs)} held-out images of {a.data} ({', '.join(q.name for q in pairs)}), {a.lr_size}x{a.lr_size} "
           f"LR, x2 SwinIR-light ({a.weights or 'bundled FP weights'}), 2dquant after DOBI (no finetuning); fidelity to FP in dB")
     for bits in a.bits:
@@ -96,11 +137,12 @@ def main(argv: list[str] | None = None) -> None:
         print("| group | quantizers | row mean only here | vs nowhere | row mean everywhere but here | vs everywhere |")
         print("|---|---|---|---|---|---|")
         for group in GROUPS:
-            chosen = members(probe, group)
+            chosen = members(names, group)
             only = fidelity(fp, bits, chosen, train, pairs, fp_out)
             but = fidelity(fp, bits, every - chosen, train, pairs, fp_out)
             print(f"| {group} | {len(chosen)} | {only:.3f} | {only - none:+.3f} | {but:.3f} | {but - both:+.3f} |",
                   flush=True)
+    probe(fp, train, *a.probe_block, a.bits)
 
 
 if __name__ == "__main__":
