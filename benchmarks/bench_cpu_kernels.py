@@ -11,9 +11,7 @@ windows of 64 tokens, 6 heads, head dim 10. ``torch.set_num_threads(1)`` for eve
   DC; ``clone`` is one copy of the input (the memory floor).
 - ``test_packed_linear``: the runtime's linears, fused (packed_linear_cpu: rotate, quantize, int8
   products and epilogue in one pass) against the PyTorch path it replaced (hadamard_ref once,
-  quantize_ref per split, ``torch._int_mm``, linear_epilogue_ref, ``cat``) and the FP ``F.linear``;
-  for qkv and fc1 also with the LayerNorm in front: folded into the kernel (``fused_ln``, the
-  runtime) against ``F.layer_norm`` then the kernel (``layer_norm_then_fused``).
+  quantize_ref per split, ``torch._int_mm``, linear_epilogue_ref, ``cat``) and the FP ``F.linear``.
 - ``test_window_attention``: window_attention_int_cpu against window_attention_int_ref and the FP
   attention ``softmax(q k^T scale + bias) v`` (SwinIR's Attend), for the two bias layouts SwinIR
   passes: ``rpb``, the (6, 64, 64) position bias; ``shifted``, the (256, 6, 64, 64) sum of it and
@@ -106,24 +104,11 @@ def _linear_case(c, per, splits):
 
 
 @pytest.mark.parametrize("name", list(LINEARS))
-@pytest.mark.parametrize("impl", ["fused", "fused_ln", "layer_norm_then_fused", "torch_int", "fp"])
+@pytest.mark.parametrize("impl", ["fused", "torch_int", "fp"])
 def test_packed_linear(benchmark, impl, name):
     c, per, splits = LINEARS[name]
     x, w_t, qp, alpha, beta, c0, dc_w = _linear_case(c, per, splits)
-    if "ln" in impl or "norm" in impl:
-        if name not in ("qkv", "fc1"):
-            pytest.skip("SwinIR-light's LayerNorms feed qkv and fc1")
-        wpack, mpack = ck.pack_linear_weights(w_t, per)
-        lw, lb = torch.ones(c), torch.zeros(c)
-        if impl == "fused_ln":
-            def fn():   # the runtime: the LayerNorm folded into the kernel's pass
-                return ck.packed_linear_cpu(x, qp, BITS, True, True, wpack, mpack, per, alpha, beta, c0, dc_w,
-                                            ln=(lw, lb, 1e-5))
-        else:
-            def fn():   # before: the model's LayerNorm, then the kernel
-                return ck.packed_linear_cpu(F.layer_norm(x, (c,), lw, lb, 1e-5), qp, BITS, True, True, wpack, mpack,
-                                            per, alpha, beta, c0, dc_w)
-    elif impl == "fused":
+    if impl == "fused":
         wpack, mpack = ck.pack_linear_weights(w_t, per)
 
         def fn():

@@ -637,8 +637,6 @@ struct LinArgs {
   const Quant* qz;                 // S quantizers
   const int32_t *wpack, *mpack;    // (S, KW, NP) int32 words
   const float *alpha, *beta, *c0, *dc_w, *rm_g;
-  const float *ln_w, *ln_b;        // a LayerNorm folded in front (C,), or NULL
-  float ln_eps;
 };
 
 template <int NBT>   // NBT = 0: NB taken from A.nb at run time (up to 16)
@@ -650,27 +648,6 @@ void linear_row(const float* xr, float* yr, const LinArgs& A) {
   for (int i = 0; i < A.nv; ++i) {
     const int64_t left = A.C - int64_t(i) * L;
     buf[i] = load_n(xr + i * L, left <= 0 ? 0 : (left < L ? int(left) : L));
-  }
-  if (A.ln_w) {
-    // The LayerNorm in front, per row over its C values (lanes >= C are 0 and stay 0): mean, biased
-    // variance (two passes), rstd = 1 / sqrt(var + eps), then (x rstd + (-mean rstd)) w + b, torch's
-    // CPU order of operations (its moments are summed in another order: ties only).
-    vf sm = splat(0.f);
-    for (int i = 0; i < A.nv; ++i) sm += buf[i];
-    const float mean = hsum(sm) / float(A.C);
-    vf sq = splat(0.f);
-    for (int i = 0; i < A.nv; ++i) {
-      const int64_t left = A.C - int64_t(i) * L;
-      const vf d = (buf[i] - splat(mean)) * lanes_below(left <= 0 ? 0 : (left < L ? int(left) : L));
-      sq += d * d;
-    }
-    const float rstd = 1.f / std::sqrt(hsum(sq) / float(A.C) + A.ln_eps);
-    const vf sc = splat(rstd), bi = splat(-mean * rstd);
-    for (int i = 0; i < A.nv; ++i) {
-      const int64_t left = A.C - int64_t(i) * L;
-      const int cnt = left <= 0 ? 0 : (left < L ? int(left) : L);
-      buf[i] = (buf[i] * sc + bi) * load_n(A.ln_w + i * L, cnt) + load_n(A.ln_b + i * L, cnt);
-    }
   }
   float dcx;
   if (A.row_mean) {   // the row's mean (the DC term's operand) stays fp32; the centred rest is quantized
@@ -752,7 +729,7 @@ LinFn linear_fn(int nb) {
 extern "C" {
 
 // Interface version, checked by the Python loader.
-int compsrt_cpu_abi_version() { return 7; }
+int compsrt_cpu_abi_version() { return 6; }
 
 // x (M, C) fp32 -> int8 codes of S quantizers at once (rotation done once per row).
 //   x: (M, C) fp32, row stride ldx (elements), columns contiguous.
@@ -864,7 +841,6 @@ int compsrt_linear_epilogue(const int32_t* acc, int64_t M, int64_t N, int64_t ld
 //   per: outputs per split (NP <= 256).
 //   alpha, beta: (S,) fp32. c0: (S * per,) fp32. dc_w: (S * per,) fp32 or NULL (given iff keep_dc or
 //          row_mean).
-//   ln_w, ln_b: (C,) fp32, a LayerNorm applied to each row first (eps ln_eps), or both NULL.
 //   row_mean: 1 = each row's mean stays fp32 (the DC operand) and the centred rest is quantized; the
 //             epilogue adds mean * dc_w + (code row sum) * rm_g (packed_linear.py; needs rotate = 0,
 //             keep_dc = 0). rm_g: (S * per,) fp32 with row_mean, else NULL.
@@ -873,13 +849,12 @@ int compsrt_linear_epilogue(const int32_t* acc, int64_t M, int64_t N, int64_t ld
 int compsrt_packed_linear(const float* x, int64_t M, int64_t C, int64_t ldx, int rotate, int keep_dc,
                           const float* qp, int64_t S, int bits, const int32_t* wpack, const int32_t* mpack,
                           int64_t KW, int64_t NP, int64_t per, const float* alpha, const float* beta,
-                          const float* c0, const float* dc_w, int row_mean, const float* rm_g,
-                          const float* ln_w, const float* ln_b, float ln_eps, float* y, int64_t ldy, int nthreads) {
+                          const float* c0, const float* dc_w, int row_mean, const float* rm_g, float* y,
+                          int64_t ldy, int nthreads) {
   if (M < 0 || C < 1 || S < 1 || bits < 1 || bits > 7 || nthreads < 1 || per < 1 || NP % L || NP < per) return 1;
   const int n = rotate ? next_pow2(int(C)) : int(C);
   if (n > NMAX || 4 * KW < n || (keep_dc && !dc_w)) return 1;
   if (row_mean && (rotate || keep_dc || !dc_w || !rm_g)) return 1;
-  if ((!ln_w) != (!ln_b)) return 1;
   const LinFn fn = linear_fn(int((per + L - 1) / L));
   if (!fn) return 1;
   std::vector<Quant> qz;
@@ -893,7 +868,6 @@ int compsrt_packed_linear(const float* x, int64_t M, int64_t C, int64_t ldx, int
   A.qz = qz.data(); A.wpack = wpack; A.mpack = mpack;
   A.alpha = alpha; A.beta = beta; A.c0 = c0;
   A.dc_w = keep_dc || row_mean ? dc_w : nullptr; A.rm_g = row_mean ? rm_g : nullptr;
-  A.ln_w = ln_w; A.ln_b = ln_b; A.ln_eps = ln_eps;
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
   for (int64_t m = 0; m < M; ++m) fn(x + m * ldx, y + m * ldy, A);
   return 0;

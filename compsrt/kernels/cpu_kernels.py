@@ -47,7 +47,7 @@ from .hadamard import next_pow2
 LIB_NAME = "libcompsrt_cpu.so"
 SOURCE = "cpu_kernels.cpp"
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-march=native", "-ffp-contract=off", "-std=c++17")
-ABI_VERSION = 7
+ABI_VERSION = 6
 NMAX = 4096                      # rotate_quantize: largest n
 ATTN_TOKENS = (16, 32, 64)       # window_attention_int_cpu: supported N
 ATTN_DMAX = 32                   # window_attention_int_cpu: largest head dim
@@ -147,7 +147,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
                                                  i, i, i, p, p, i]
     lib.compsrt_window_attention_int.restype = i
     lib.compsrt_packed_linear.argtypes = [p, i64, i64, i64, i, i, p, i64, i, p, p, i64, i64, i64, p, p, p, p, i, p,
-                                          p, p, f, p, i64, i]
+                                          p, i64, i]
     lib.compsrt_packed_linear.restype = i
     return lib
 
@@ -400,14 +400,13 @@ def pack_linear_weights(w_t: Tensor, per: int) -> tuple[Tensor, Optional[Tensor]
 def packed_linear_cpu(x: Tensor, qp: Tensor, bits: int, keep_dc: bool, rotate: bool, wpack: Tensor,
                       mpack: Optional[Tensor], per: int, alpha: Tensor, beta: Tensor, c0: Tensor,
                       dc_w: Optional[Tensor] = None, out: Optional[Tensor] = None, *,
-                      rm_g: Optional[Tensor] = None, ln: Optional[tuple[Tensor, Tensor, float]] = None) -> Tensor:
+                      rm_g: Optional[Tensor] = None) -> Tensor:
     """The whole packed linear in one pass over the rows: matches rotate_quantize (codes of each
     split's quantizer) + packed_matmul_ref + linear_epilogue_ref, split s writing output columns
     [s per, (s + 1) per). The input is rotated once per row; codes and int32 sums stay in registers.
     With ``rm_g`` (a row-mean layer, QuantConfig.row_mean) each row's mean is subtracted before
     quantization and kept in fp32 as the DC operand, and the epilogue adds ``mean dc_w^T +
-    sum(codes) rm_g^T`` (compsrt.kernels.packed_linear's row-mean epilogue). With ``ln`` a LayerNorm
-    is applied to each row first (``F.layer_norm`` up to float rounding of its moments).
+    sum(codes) rm_g^T`` (compsrt.kernels.packed_linear's row-mean epilogue).
 
     Args:
         x: fp32 (M, C) CPU, columns contiguous.
@@ -420,7 +419,6 @@ def packed_linear_cpu(x: Tensor, qp: Tensor, bits: int, keep_dc: bool, rotate: b
         alpha, beta: fp32 (S,). c0: fp32 (S per,). dc_w: fp32 (S per,) with keep_dc or rm_g, else None.
         out: fp32 (M, S per) with contiguous columns, written in place; None allocates it.
         rm_g: fp32 (S per,) ``sx m_w`` of a row-mean layer (not with rotate or keep_dc), else None.
-        ln: (weight (C,), bias (C,), eps) of a LayerNorm folded in front, or None.
     Returns:
         ``out``, fp32 (M, S per).
     Raises:
@@ -457,20 +455,13 @@ def packed_linear_cpu(x: Tensor, qp: Tensor, bits: int, keep_dc: bool, rotate: b
         _check_vector("dc_w", dc_w, s * per)
     if rm_g is not None:
         _check_vector("rm_g", rm_g, s * per)
-    ln_w = ln_b = None
-    ln_eps = 0.0
-    if ln is not None:
-        ln_w, ln_b, ln_eps = ln
-        _check_vector("ln weight", ln_w, c)
-        _check_vector("ln bias", ln_b, c)
     out = _output(out, m, s * per)
     if m == 0:
         return out
     lib = load_library()
     err = lib.compsrt_packed_linear(_ptr(x), m, c, x.stride(0), int(bool(rotate)), int(bool(keep_dc)), _ptr(qpc), s,
                                     bits, _ptr(wpack), _ptr(mpack), kw, np_, per, _ptr(alpha), _ptr(beta), _ptr(c0),
-                                    _ptr(dc_w), int(row_mean), _ptr(rm_g), _ptr(ln_w), _ptr(ln_b), float(ln_eps),
-                                    _ptr(out), out.stride(0), _threads())
+                                    _ptr(dc_w), int(row_mean), _ptr(rm_g), _ptr(out), out.stride(0), _threads())
     _run(lib, err, "compsrt_packed_linear")
     return out
 

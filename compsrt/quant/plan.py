@@ -50,9 +50,6 @@ LAYER_SETS = {"swinir-light": ("full",), "mambairv2-light": ("official", "full")
 class LinearSite:
     path: str        # dotted module path of an nn.Linear
     splits: int = 1  # row blocks quantized as separate products (qkv: 3)
-    # dotted path of a LayerNorm whose output feeds only this Linear (token-wise moves between them
-    # allowed: rolls, window partitions), or "": the runtime folds it into the packed Linear
-    norm: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,14 +75,13 @@ class QuantPlan:
 
 def swinir_plan(model: SwinIRLight) -> QuantPlan:
     """SwinIR-light (FP, compressed or packed: the plan follows the structure): in every Swin block, qkv (3 splits), proj, fc1, fc2 and the attention products.
-    Convs, LayerNorms, biases and the relative-position bias stay FP; norm1 (before the window
-    roll and partition: token-wise) feeds only qkv and norm2 only fc1, so the runtime folds them in."""
+    Convs, LayerNorms, biases and the relative-position bias stay FP."""
     linears, attentions = [], []
     for i, layer in enumerate(model.layers):
         for j, _ in enumerate(layer.residual_group.blocks):
             blk = f"layers.{i}.residual_group.blocks.{j}"
-            linears += [LinearSite(f"{blk}.attn.qkv", 3, norm=f"{blk}.norm1"), LinearSite(f"{blk}.attn.proj"),
-                        LinearSite(f"{blk}.mlp.fc1", norm=f"{blk}.norm2"), LinearSite(f"{blk}.mlp.fc2")]
+            linears += [LinearSite(f"{blk}.attn.qkv", 3), LinearSite(f"{blk}.attn.proj"),
+                        LinearSite(f"{blk}.mlp.fc1"), LinearSite(f"{blk}.mlp.fc2")]
             attentions.append(AttentionSite(f"{blk}.attn.attend"))
     return QuantPlan("swinir-light", tuple(linears), tuple(attentions))
 

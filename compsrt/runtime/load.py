@@ -42,8 +42,6 @@ def build_runtime(pm: PackedModel) -> nn.Module:
     plan = plan_for(model, pm.quant.layers)
     cfg = pm.quant
     rotate = cfg.rotation == "deploy"
-    norms = {site.path: site.norm for site in plan.linears if site.norm}
-    folded = set()   # FP tensors that live inside packed modules
     q = 0
     weights = {}
     for grid, codes, mask, dc in zip(pm.grids, pm.codes, pm.masks, pm.dc):
@@ -56,19 +54,13 @@ def build_runtime(pm: PackedModel) -> nn.Module:
         fp = model.get_submodule(grid.path)
         w_raw, a_raw = pm.qparams[q:q + grid.splits], pm.qparams[q + grid.splits:q + 2 * grid.splits]
         q += 2 * grid.splits
-        norm = None
-        if grid.path in norms:   # the LayerNorm in front runs inside the packed Linear
-            ln = norms[grid.path]
-            norm = (pm.fp[f"{ln}.weight"].float(), pm.fp[f"{ln}.bias"].float(), model.get_submodule(ln).eps)
-            model.set_submodule(ln, nn.Identity())
-            folded |= {f"{ln}.weight", f"{ln}.bias"}
         model.set_submodule(grid.path, PackedLinear(fp.in_features, grid.n, codes, mask, dc, w_raw, a_raw,
-                                                    pm.fp[f"{grid.path}.bias"], cfg.bits, rotate, cfg.row_mean, norm))
-        folded.add(f"{grid.path}.bias")   # inside the PackedLinear's epilogue
+                                                    pm.fp[f"{grid.path}.bias"], cfg.bits, rotate, cfg.row_mean))
     for site in plan.attentions:
         model.set_submodule(site.path, PackedAttend(pm.qparams[q:q + 4], cfg.bits, bool(pm.grids[0].dc), rotate,
                                                     cfg.row_mean))
         q += 4
+    folded = {f"{g.path}.bias" for g in pm.grids if not g.weight_only}   # inside each PackedLinear's epilogue
     model.load_state_dict({**{k: v.float() for k, v in pm.fp.items() if k not in folded}, **weights}, strict=True)
     model.quant_cfg = cfg
     model.packed_header = pm.header

@@ -16,7 +16,6 @@ PyTorch path (the linear product ``torch._int_mm``, the attention the PyTorch re
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..kernels import cpu_kernels
@@ -55,14 +54,10 @@ class PackedLinear(nn.Module):
         rotate: rotate the input (rotation "deploy").
         row_mean: both operands are ``row mean + Q(centred rest)`` (QuantConfig.row_mean; not
             with ``rotate``); the fused CPU kernel takes it, on CUDA the PyTorch path runs.
-        norm: (weight (C,), bias (C,), eps) of the LayerNorm in front of this Linear, folded in
-            (the plan's ``LinearSite.norm``): the input is normalized first, inside the fused CPU
-            kernel's pass over the row, or by ``F.layer_norm`` on the other paths.
     """
 
     def __init__(self, in_features: int, n: int, codes: Tensor, mask: Tensor | None, dc_w: Tensor | None,
-                 w_raw: Tensor, a_raw: Tensor, bias: Tensor, bits: int, rotate: bool, row_mean: bool = False,
-                 norm: tuple[Tensor, Tensor, float] | None = None) -> None:
+                 w_raw: Tensor, a_raw: Tensor, bias: Tensor, bits: int, rotate: bool, row_mean: bool = False) -> None:
         super().__init__()
         rows, cols = codes.shape
         splits = w_raw.shape[0]
@@ -100,9 +95,6 @@ class PackedLinear(nn.Module):
             dc_w = n * m_w + rep(sw) * wsum + rep(zw) * msum   # n m_w + rowsum(Mk*Q(c_w)), the DC term's column
             rm_g = rep(sx) * m_w
         self.register_buffer("c0", c0, persistent=False)
-        self.register_buffer("ln_w", None if norm is None else norm[0].detach().float().contiguous(), persistent=False)
-        self.register_buffer("ln_b", None if norm is None else norm[1].detach().float().contiguous(), persistent=False)
-        self.ln_eps = 0.0 if norm is None else float(norm[2])
         self.register_buffer("rm_g", rm_g, persistent=False)
         self.register_buffer("a_qp", a_rt, persistent=False)
         self.register_buffer("dc_w", None if dc_w is None else dc_w.float(), persistent=False)
@@ -113,7 +105,7 @@ class PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, n={self.n}, bits={self.bits}, "
                 f"splits={self.splits}, rotate={self.rotate}, exact_dc={bool(self.dc)}, row_mean={self.row_mean}, "
-                f"pruned={not self.trivial_mask}, norm={self.ln_w is not None}")
+                f"pruned={not self.trivial_mask}")
 
     def activation_codes(self, x: Tensor, r: Tensor | None, i: int) -> tuple[Tensor, Tensor | None]:
         """int8 (M, k_store) codes of the flat input ``x`` (its rotation ``r``, or None on CUDA) for
@@ -138,7 +130,7 @@ class PackedLinear(nn.Module):
     def _cpu_operands(self) -> tuple:
         """The fused CPU kernel's weight words and epilogue vectors, built from the buffers on first
         use (and again after a buffer was replaced, e.g. by ``.to()``, or changed in place)."""
-        srcs = (self.w_t, self.c0, self.a_qp, self.alpha, self.beta, self.dc_w, self.rm_g, self.ln_w, self.ln_b)
+        srcs = (self.w_t, self.c0, self.a_qp, self.alpha, self.beta, self.dc_w, self.rm_g)
         key = tuple((t.data_ptr(), t._version) for t in srcs if t is not None)
         cached = getattr(self, "_cpu_cache", None)
         if cached is None or cached[0] != key:
@@ -146,19 +138,18 @@ class PackedLinear(nn.Module):
             wpack, mpack = cpu_kernels.pack_linear_weights(self.w_t, per)
             vec = lambda t: None if t is None else t.detach().float().reshape(-1).contiguous()   # noqa: E731
             ops = (wpack, mpack, self.a_qp.detach().float().reshape(-1, 4).contiguous(), vec(self.alpha),
-                   vec(self.beta), vec(self.c0), vec(self.dc_w) if self.dc or self.row_mean else None, vec(self.rm_g),
-                   None if self.ln_w is None else (vec(self.ln_w), vec(self.ln_b), self.ln_eps))
+                   vec(self.beta), vec(self.c0), vec(self.dc_w) if self.dc or self.row_mean else None, vec(self.rm_g))
             self._cpu_cache = cached = (key, ops)
         return cached[1]
 
     def _forward_cpu(self, x: Tensor) -> Tensor:
         """The fused CPU path (csrc/cpu_kernels.cpp): one pass over the rows rotates each once, and
         per split quantizes, multiplies with the weight codes and writes the epilogue's output."""
-        wpack, mpack, qp, alpha, beta, c0, dc_w, rm_g, ln = self._cpu_operands()
+        wpack, mpack, qp, alpha, beta, c0, dc_w, rm_g = self._cpu_operands()
         if x.stride(-1) != 1:
             x = x.contiguous()
         return cpu_kernels.packed_linear_cpu(x, qp, self.bits, bool(self.dc), self.rotate, wpack, mpack,
-                                             self.out_features // self.splits, alpha, beta, c0, dc_w, rm_g=rm_g, ln=ln)
+                                             self.out_features // self.splits, alpha, beta, c0, dc_w, rm_g=rm_g)
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
@@ -166,8 +157,6 @@ class PackedLinear(nn.Module):
         if (x.device.type == "cpu"
                 and cpu_kernels.linear_supported(self.n, self.out_features // self.splits) and cpu_kernels.available()):
             return self._forward_cpu(x).reshape(*lead, self.out_features)
-        if self.ln_w is not None:
-            x = F.layer_norm(x, (self.in_features,), self.ln_w, self.ln_b, self.ln_eps)
         # The splits read the same input: rotate it once (on CUDA the fused kernel rotates per split).
         r = hadamard_ref(x, -1) if self.rotate and not x.is_cuda else None
         per = self.out_features // self.splits

@@ -250,32 +250,6 @@ def test_packed_linear_row_mean_matches_the_pytorch_path(case):
     assert rows_off <= 0.01 * x.shape[0] * splits
 
 
-@pytest.mark.parametrize("case", [
-    dict(c=60, per=60, splits=3, bits=4, masked=False, keep_dc=True, rotate=True),      # qkv after norm1
-    dict(c=60, per=120, splits=1, bits=2, masked=True, keep_dc=True, rotate=True),      # fc1 after norm2, pruned
-    dict(c=60, per=60, splits=1, bits=4, masked=False, keep_dc=False, rotate=False),    # 2DQuant
-    dict(c=20, per=200, splits=2, bits=4, masked=False, keep_dc=True, rotate=True),     # run-time NB path
-], ids=["qkv", "fc1-pruned", "norot", "wide"])
-def test_packed_linear_folds_a_layer_norm(case):
-    """``ln``: the kernel normalizes each row first; the same as F.layer_norm, then the kernel
-    (up to the moments' float rounding: codes on ties)."""
-    import torch.nn.functional as F
-
-    x, w_t, qp, alpha, beta, c0, dc_w, _ = _packed_case(**case)
-    g = torch.Generator().manual_seed(11)
-    x = x * (0.5 + 4 * torch.rand(x.shape[0], 1, generator=g)) + 3 * torch.randn(x.shape[0], 1, generator=g)
-    c, per = case["c"], case["per"]
-    lw, lb = 1 + 0.3 * torch.randn(c, generator=g), 0.2 * torch.randn(c, generator=g)
-    wpack, mpack = ck.pack_linear_weights(w_t, per)
-    args = (qp, case["bits"], case["keep_dc"], case["rotate"], wpack, mpack, per, alpha, beta, c0, dc_w)
-    got = ck.packed_linear_cpu(x, *args, ln=(lw, lb, 1e-5))
-    want = ck.packed_linear_cpu(F.layer_norm(x, (c,), lw, lb, 1e-5), *args)
-    assert _rows_off(got, want) < 0.01
-    assert (ck.packed_linear_cpu(x, *args) - want).abs().max() > 0.1
-    with pytest.raises(ValueError, match="ln weight"):
-        ck.packed_linear_cpu(x, *args, ln=(lw[:-1], lb, 1e-5))
-
-
 def test_packed_linear_rejects_bad_arguments():
     x, w_t, qp, alpha, beta, c0, dc_w, _ = _packed_case(60, 60, 3, 4, False, True, True)
     wpack, mpack = ck.pack_linear_weights(w_t, 60)
@@ -445,9 +419,7 @@ def _rows_off(a, b):
     dict(c=60, rows=60, splits=1, bits=4, pruned=False, dc=False, rotate=False),
     dict(c=60, rows=180, splits=3, bits=4, pruned=False, dc=False, rotate=False, row_mean=True),
     dict(c=60, rows=120, splits=1, bits=2, pruned=True, dc=False, rotate=False, row_mean=True),
-    dict(c=60, rows=180, splits=3, bits=4, pruned=False, dc=True, rotate=True, norm=True),
-    dict(c=60, rows=60, splits=1, bits=4, pruned=False, dc=False, rotate=False, row_mean=True, norm=True),
-], ids=["qkv", "fc2-pruned", "fc1-nodc", "norot", "rowmean-qkv", "rowmean-fc1-pruned", "norm-qkv", "norm-rowmean"])
+], ids=["qkv", "fc2-pruned", "fc1-nodc", "norot", "rowmean-qkv", "rowmean-fc1-pruned"])
 def test_packed_linear_module_same_with_and_without_the_kernels(monkeypatch, case):
     from compsrt.runtime import PackedLinear
 
@@ -461,10 +433,9 @@ def test_packed_linear_module_same_with_and_without_the_kernels(monkeypatch, cas
     def raw(lo, hi):   # stored [l, u, s2, z2] per split
         return torch.tensor([[lo - 0.1 * i, hi + 0.1 * i, 0.001, -0.002] for i in range(splits)])
 
-    norm = (1 + 0.3 * torch.randn(c, generator=g), 0.2 * torch.randn(c, generator=g), 1e-5) if case.get("norm") else None
     mod = PackedLinear(c, n, codes, mask, torch.randn(rows, generator=g) if dc or row_mean else None,
                        raw(-0.5, 0.5), raw(-2.0, 2.5), torch.randn(rows, generator=g), bits, case["rotate"],
-                       row_mean, norm)
+                       row_mean)
     x = 1.5 * torch.randn(2, 700, c, generator=g)
     with torch.no_grad():
         fused = mod(x)
@@ -514,6 +485,3 @@ def test_portable_build_matches_too(tmp_path, monkeypatch):
     test_window_attention_other_sizes(16, 20, True)
     test_packed_linear_row_mean_matches_the_pytorch_path(dict(c=60, per=120, splits=1, bits=2, masked=True))
     test_window_attention_row_mean_matches_ref(2, "shifted_strided")
-    test_packed_linear_folds_a_layer_norm(dict(c=60, per=120, splits=1, bits=2, masked=True, keep_dc=True,
-                                               rotate=True))
-    test_window_attention_adds_the_shift_mask_apart(True, False)
