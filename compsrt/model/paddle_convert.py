@@ -142,7 +142,7 @@ def convert_file(src: Path, dst: Path, check_sha: bool = True) -> MambaIRv2Light
 
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m compsrt.model.paddle_convert",
-                                description="Convert official MambaIRv2-light .pdparams weights to safetensors.")
+                       description="Convert official MambaIRv2-light .pdparams weights to safetensors.")
     p.add_argument("src", type=Path, help="the .pdparams file")
     p.add_argument("dst", type=Path, help="the .safetensors file to write")
     p.add_argument("--any-sha", action="store_true", help="convert a file whose sha256 is not a known official one")
