@@ -4,6 +4,7 @@
     python research/equal_footing.py run --data BENCH [--out runs/equal_footing]   # 16 runs, resumable
     python research/equal_footing.py commands --data BENCH                          # what run would do next
     python research/equal_footing.py table [--out runs/equal_footing] [--md FILE]   # the markdown table
+    python research/equal_footing.py fill --md docs/calib/equal_footing.md          # refresh a doc's tables
 
 ``run`` calibrates each of the 16 configurations with the quick default (``python -m compsrt.calib
 --scale 2 --bits B --method M [--exact-dc | --no-exact-dc | --row-mean] --seed S``) into its own
@@ -26,11 +27,17 @@ per set and over all images, on how many images CompSRT is ahead and a two-sided
 signed-rank test (the project's per-image test, :func:`compsrt.analysis.paired.paired`, which
 ``python -m compsrt.analysis significance`` runs). The unit is the image: seed-to-seed variation
 of a calibration is only in the half ranges.
+
+``fill`` rewrites, in the markdown file ``--md``, every block between ``<!-- table: OPTIONS -->`` and
+``<!-- /table -->`` with ``table``'s output for those options (``--arch``, ``--scale``, ``--bits``,
+``--seeds``), leaving the prose around them as it is.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -199,11 +206,28 @@ def table(out: Path, arch: str = "swinir-light", scale: int = 2, bits: list[int]
     return "\n".join(lines) + "\n"
 
 
+TABLE_BLOCK = re.compile(r"(<!-- table:(?P<opts>[^>]*)-->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def fill(md: Path, out: Path) -> int:
+    """Refresh every ``<!-- table: ... -->`` block of ``md`` from the runs under ``out``; returns how many."""
+    text = md.read_text()
+
+    def block(m: re.Match) -> str:
+        a = _parser().parse_args(["table", *shlex.split(m["opts"])])
+        return m.group(1) + table(out, a.arch, a.scale, a.bits, a.seeds) + m.group(4)
+
+    new, n = TABLE_BLOCK.subn(block, text)
+    with atomic_path(md) as tmp:
+        tmp.write_text(new)
+    return n
+
+
 # -- the CLI -----------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("run", "commands", "table"))
+    p.add_argument("what", choices=("run", "commands", "table", "fill"))
     p.add_argument("--out", type=Path, default=Path("runs/equal_footing"), help="folder of the run folders")
     p.add_argument("--data", type=Path, help="benchmark folder (<Set>/HR, <Set>/LR_bicubic); run and commands")
     p.add_argument("--arch", default="swinir-light")
@@ -212,12 +236,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=list(VARIANTS),
                    help="run and commands: only these variants (e.g. to split the runs between two processes)")
-    p.add_argument("--md", type=Path, help="table: also write it to this file")
+    p.add_argument("--md", type=Path, help="table: also write it to this file; fill: the file whose tables to refresh")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    if a.what == "fill":
+        if a.md is None or not a.md.is_file():
+            print(f"equal_footing: fill needs --md FILE, an existing markdown file (got {a.md})", file=sys.stderr)
+            return 2
+        print(f"{a.md}: {fill(a.md, a.out)} table(s) refreshed")
+        return 0
     if a.what == "table":
         text = table(a.out, a.arch, a.scale, a.bits, a.seeds)
         print(text, end="")

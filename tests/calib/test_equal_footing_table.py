@@ -132,3 +132,18 @@ def test_table_from_fabricated_runs(ef, tmp_path, capsys):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_fill_refreshes_only_the_marked_tables(ef, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    fake_run(tmp_path / ef.Run("swinir-light", 2, 2, "compsrt-dc", 0).name, 0, 0.0, rng, 2.5, 3.0, 33.0)
+    md = tmp_path / "doc.md"
+    md.write_text("# Title\n\nprose before\n\n<!-- table: --bits 2 --seeds 0 -->\nSTALE TABLE\n<!-- /table -->\n\n"
+                  "prose after\n")
+    assert ef.main(["fill", "--out", str(tmp_path), "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "STALE" not in text and text.startswith("# Title\n\nprose before\n\n<!-- table: --bits 2 --seeds 0 -->\n")
+    assert text.endswith("<!-- /table -->\n\nprose after\n")
+    assert "| W2A2 | compsrt, exact DC | 0 | 2.500 | 3.000 | 33.00 |" in text and "W4A4" not in text
+    assert ef.main(["fill", "--out", str(tmp_path), "--md", str(tmp_path / "missing.md")]) == 2
+    assert "missing.md" in capsys.readouterr().err
