@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compsrt.analysis.capture import streaming
 from compsrt.calib.__main__ import bundled_calib_images
 from compsrt.calib.calibrate import calib_batch, search_bounds_
 from compsrt.calib.dobi import dobi
@@ -41,6 +42,7 @@ from compsrt.kernels.fake_quant import fake_quant_ref
 from compsrt.load import load_model
 from compsrt.metrics import psnr
 from compsrt.quant.compress import compress_
+from compsrt.quant.plan import plan_for
 from compsrt.quant.qmodules import Quantizer, WeightQuantizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,22 +83,14 @@ def fidelity(fp: torch.nn.Module, bits: int, on: set[str], train, pairs, fp_out)
 
 def probe(fp: torch.nn.Module, train, layer: int, block: int, bits_list: list[int]) -> None:
     """DOBI's range for one block's attention probabilities, plain and centred, and what it does to attn x v."""
-    attend = fp.layers[layer].residual_group.blocks[block].attn.attend
+    path = f"layers.{layer}.residual_group.blocks.{block}.attn.attend"
     seen = {}
-
-    def grab(mod, args):
-        q, k, v, bias, scale = args[:5]
-        if len(args) > 5 and args[5] is not None:
-            bias = bias + args[5][:, None]
-        seen["p"], seen["v"] = ((q * scale) @ k.transpose(-2, -1) + bias).softmax(-1), v
-
-    hook = attend.register_forward_pre_hook(grab)
-    try:
-        cal = calib_batch(train, CalibConfig(), 2)
-        with torch.no_grad():
-            fp(torch.from_numpy(cal).float().div_(255.0))   # as calibration feeds it
-    finally:
-        hook.remove()
+    want = {f"{path}.attn": "p", f"{path}.v": "v"}
+    cal = calib_batch(train, CalibConfig(), 2)
+    # the analysis capture's softmax (shift mask included) and v of that block, on the calibration batch
+    with streaming(fp, plan_for(fp), lambda n, t: seen.__setitem__(want[n], t) if n in want else None), \
+            torch.no_grad():
+        fp(torch.from_numpy(cal).float().div_(255.0))   # as calibration feeds it
     p, v = seen["p"], seen["v"]
     ref = p @ v
     mean = p.mean(-1, keepdim=True)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kernels.hadamard import hadamard, next_pow2
+from ..model.swinir import with_shift_mask
 from ..quant.plan import QuantPlan, plan_for
 from .stream import SAMPLE_SIZE, TensorStats
 
@@ -180,8 +181,7 @@ def streaming(model: nn.Module, plan: QuantPlan, sink: Callable[[str, Tensor], N
     def attend_hook(path: str):
         def hook(mod, args):
             q, k, v, bias, scale = args[:5]
-            if len(args) > 5 and args[5] is not None:   # a shifted block's (nW, N, N) mask, as Attend adds it
-                bias = bias + args[5][:, None]
+            bias = with_shift_mask(bias, args[5] if len(args) > 5 else None)   # a shifted block's mask
             qs = q * scale
             sink(f"{path}.q", qs)
             sink(f"{path}.k", k)

@@ -67,15 +67,20 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def with_shift_mask(bias: Tensor, mask: Tensor | None) -> Tensor:
+    """The attention's additive term: the (heads, N, N) position bias plus, in a shifted block, the
+    (nW, N, N) shift mask broadcast over the heads (``bias + mask[:, None]``: (nW, heads, N, N))."""
+    return bias if mask is None else bias + mask[:, None]
+
+
 class Attend(nn.Module):
     """softmax(q k^T * scale + bias (+ mask)) v. q, k, v: (B, nW, heads, N, d); bias broadcasts;
-    mask: None or the (nW, N, N) shift mask, added to the bias here (``bias + mask[:, None]``), so
+    mask: None or the (nW, N, N) shift mask, added to the bias here (:func:`with_shift_mask`), so
     that a runtime module in this one's place can add it without building the sum."""
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
                 mask: Tensor | None = None) -> Tensor:
-        if mask is not None:
-            bias = bias + mask[:, None]
+        bias = with_shift_mask(bias, mask)
         # Explicit rather than scaled_dot_product_attention: with a float mask the CPU
         # SDPA falls back to a path ~3x slower (masked-row checks) for these 64-token windows.
         logits = (q * scale) @ k.transpose(-2, -1) + bias.to(q.dtype)

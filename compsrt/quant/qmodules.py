@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..config import QuantConfig
 from ..kernels import fake_quant, hadamard, hadamard_fake_quant
+from ..model.swinir import with_shift_mask
 
 STEP_EPS = 1e-8
 
@@ -276,8 +277,7 @@ class QuantAttend(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
                 mask: Tensor | None = None) -> Tensor:
-        if mask is not None:   # the shift mask (nW, N, N), as compsrt.model.swinir.Attend adds it
-            bias = bias + mask[:, None]
+        bias = with_shift_mask(bias, mask)   # as compsrt.model.swinir.Attend
         logits = self.q(q * scale) @ self.k(k).transpose(-2, -1) + bias.to(q.dtype)
         attn = logits.softmax(-1).to(v.dtype)
         return self.a(attn) @ self.v(v)

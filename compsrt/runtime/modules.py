@@ -25,6 +25,7 @@ from ..kernels.hadamard_quant import hadamard_quant, quantize_ref
 from ..kernels.packed_linear import code_sum_term, linear_int8, packed_linear
 from ..kernels.quant_step import step_and_zero
 from ..kernels.window_attention_int import window_attention_int
+from ..model.swinir import with_shift_mask
 
 
 def runtime_params(raw: Tensor, bits: int) -> Tensor:
@@ -197,7 +198,7 @@ class PackedAttend(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
                 mask: Tensor | None = None) -> Tensor:
         """``mask``: None or the (nW, N, N) shift mask, added to the bias (the fused CPU kernel adds
-        it per window; elsewhere ``bias + mask[:, None]``, as compsrt.model.swinir.Attend)."""
+        it per window; elsewhere :func:`compsrt.model.swinir.with_shift_mask`, as Attend)."""
         if (q.device.type == "cpu" and cpu_kernels.attention_supported(q)
                 and cpu_kernels.available()):
             # Fused CPU kernel; its 5-d output lies in memory as (B, nW, N, heads, d), so the
@@ -209,7 +210,6 @@ class PackedAttend(nn.Module):
             return cpu_kernels.window_attention_int_cpu(q, k, v, bias, scale, self.qp, self.bits, self.keep_dc,
                                                         self.rotate, self.row_mean,
                                                         None if mask is None else mask.float())
-        if mask is not None:
-            bias = bias + mask[:, None]
+        bias = with_shift_mask(bias, mask)
         return window_attention_int(q.float(), k.float(), v.float(), bias.float(), scale, self.qp, self.bits,
                                     self.keep_dc, self.rotate, self.row_mean)
