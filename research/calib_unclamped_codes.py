@@ -14,6 +14,8 @@ everywhere, so z2 gets none, as there), prints each quantizer's level count
 round((u - z)/s) - round((l - z)/s) + 1, and evaluates the model with the same formula (--eval-data,
 a benchmark folder). 2DQuant has no s2, so its codes stay within 2^b levels either way.
 Not deployable: --out writes the calibrated checkpoint (which loads with clamped codes) and a report.
+With --out the finetuning checkpoints to OUT/calib_state.safetensors as it goes, and the same
+command resumes a run that stopped (a state from other options is refused).
 """
 from __future__ import annotations
 
@@ -106,8 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     train, val = split_holdout(pairs, a.val_images)
     quant = replace(method_config(a.method, a.bits), layers=check_layers(a.arch, a.layers))
     student = compress_(copy.deepcopy(fp), quant)
+    state = None
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        state = a.out / "calib_state.safetensors"
+    identity = {"diagnostic": "unclamped codes", "arch": a.arch, "scale": a.scale, "method": a.method,
+                "bits": a.bits, "layers": quant.layers, "weights": str(a.weights or "bundled"),
+                "data": [str(d) for d in a.data or ["bundled"]], "val_images": a.val_images}
     with overriding(student, unclamped):
-        model, rep = calibrate(fp, train, val, quant, cfg, progress=not a.quiet, student=student)
+        model, rep = calibrate(fp, train, val, quant, cfg, state, state is not None and state.exists(),
+                               progress=not a.quiet, identity=identity, student=student)
         n = levels(model)
         summary = {"quantizers": len(n), "median_levels": statistics.median(n), "max_levels": max(n),
                    f"more_than_{2 ** a.bits}": sum(v > 2 ** a.bits for v in n),
@@ -124,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
             print(markdown_table(results, f"{a.method} W{a.bits}, unclamped codes"))
             summary["eval"] = {k: {"psnr_db": r["psnr_db"], "ssim": r["ssim"]} for k, r in results.items()}
     if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
         save_calibrated(model, a.out / "calibrated.safetensors",
                         {"note": "calibrated with unclamped codes (research/calib_unclamped_codes.py); "
                                  "loads with clamped ones"})

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "tests" / "calib"))
 from test_calibrate import TINY, fit_tiny_model, quantized, smooth_images, tiny_batch, write_tiny_inputs  # noqa: E402
 
 from compsrt.calib.methods import method_config  # noqa: E402
+from compsrt.errors import CompsrtError  # noqa: E402
 from compsrt.model.swinir import SwinIRLight  # noqa: E402
 from compsrt.quant.compress import save_calibrated  # noqa: E402
 
@@ -112,6 +113,12 @@ def test_calib_unclamped_codes(tiny, tmp_path, capsys):
     report = json.loads((tmp_path / "c" / "report.json").read_text())
     assert report["levels"]["median_levels"] >= 4 and report["calibration"]["iters_done"] == 3
     assert (tmp_path / "c" / "calibrated.safetensors").is_file()
+    # The state beside it resumes: the same command continues (nothing left), other options are refused.
+    assert (tmp_path / "c" / "calib_state.safetensors").is_file()
+    assert research("calib_unclamped_codes").main(argv) == 0
+    assert json.loads((tmp_path / "c" / "report.json").read_text())["calibration"]["iters_done"] == 3
+    with pytest.raises(CompsrtError, match="different settings.*identity.method"):
+        research("calib_unclamped_codes").main(argv + ["--method", "2dquant"])
 
 
 def test_calib_tiny_rates(capsys):
