@@ -10,7 +10,9 @@ Shapes are a x2 upscale of a 256 x 256 LR image through SwinIR-light: 1024 windo
   the N x N scores through memory) and plain FP16 eager attention (``fp16_eager``:
   softmax(q k^T scale + bias) v). Two bias layouts: ``rpb``, q (1024, 6, 64, 10) with one
   (6, 64, 64) relative-position bias; ``shifted``, q (1, 1024, 6, 64, 10) with a per-window
-  (1024, 6, 64, 64) bias (the shift mask folded in), which every implementation reads whole.
+  (1024, 6, 64, 64) bias (the shift mask folded in), which every implementation reads whole, and
+  ``triton_mask``: the fused kernel given the (6, 64, 64) bias and the (1024, 1, 64, 64) shift mask
+  apart (what the packed runtime passes), adding them per window.
 - ``test_hadamard_quant``: hadamard_quant_triton against hadamard_quant_ref at (65536, 60) -> 64
   and (65536, 120) -> 128, with a ``clone`` floor (one copy of the input). GB/s counts the fused
   kernel's ideal traffic (read x, write int8 codes) for every implementation.
@@ -35,7 +37,7 @@ BITS = 4
 ROUNDS, WARMUP = 30, 3
 WINDOWS, HEADS, TOKENS, HEAD_DIM = 1024, 6, 64, 10
 BIAS_LAYOUTS = ["rpb", "shifted"]
-ATTN_IMPLS = ["triton", "ref", "fp16_eager"]
+ATTN_IMPLS = ["triton", "triton_mask", "ref", "fp16_eager"]
 HQ_SHAPES = {"lin60": (65536, 60), "fc2_120": (65536, 120)}
 HQ_IMPLS = ["triton", "ref", "clone"]
 
@@ -55,6 +57,7 @@ def _attention_inputs(layout: str):
     qkv = qkv.movedim(-3, 0).movedim(-2, -3).half().to(DEVICE)          # (3, ..., heads, N, d), strided
     q, k, v = qkv[0], qkv[1], qkv[2]
     rpb = 2.0 * torch.randn((HEADS, TOKENS, TOKENS), generator=g)
+    mask = None
     if layout == "rpb":
         bias = rpb
     else:
@@ -65,7 +68,7 @@ def _attention_inputs(layout: str):
     s = [2.0 / 15, 4.0 / 15, 0.1 / 15, 4.0 / 15]
     qp = torch.tensor([[-1.0, 1.0, s[0], -1.0 - 0.3 * s[0]], [-2.0, 2.0, s[1], -2.0 - 0.3 * s[1]],
                        [-0.05, 0.05, s[2], -0.05 - 0.3 * s[2]], [-2.0, 2.0, s[3], -2.0 - 0.3 * s[3]]])
-    return q, k, v, bias.to(DEVICE), qp.to(DEVICE)
+    return q, k, v, bias.to(DEVICE), qp.to(DEVICE), rpb.to(DEVICE), None if mask is None else mask.to(DEVICE)
 
 
 def _fp16_eager(q, k, v, bias_h, scale):
@@ -76,9 +79,17 @@ def _fp16_eager(q, k, v, bias_h, scale):
 @pytest.mark.parametrize("layout", BIAS_LAYOUTS)
 @pytest.mark.parametrize("impl", ATTN_IMPLS)
 def test_window_attention_int(benchmark, impl, layout):
-    q, k, v, bias, qp = _attention_inputs(layout)
+    if impl == "triton_mask" and layout != "shifted":
+        pytest.skip("the mask apart is the shifted layout's")
+    q, k, v, bias, qp, rpb, mask = _attention_inputs(layout)
     scale = HEAD_DIM ** -0.5
-    if impl == "triton":
+    if impl == "triton_mask":
+        from compsrt.kernels.window_attention_int_triton import window_attention_int_triton
+
+        def fn():
+            window_attention_int_triton(q, k, v, rpb, scale, qp, BITS, True, mask=mask[:, None])
+            _sync()
+    elif impl == "triton":
         from compsrt.kernels.window_attention_int_triton import window_attention_int_triton
 
         def fn():

@@ -71,12 +71,14 @@ def row_mean_epilogue_ref(acc: Tensor, ca: Tensor, cb: Tensor, qa: Tensor, qb: T
 
 
 def window_attention_int_ref(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, qp: Tensor,
-                             bits: int, keep_dc: bool, rotate: bool = True, row_mean: bool = False) -> Tensor:
+                             bits: int, keep_dc: bool, rotate: bool = True, row_mean: bool = False,
+                             mask: Tensor | None = None) -> Tensor:
     """softmax(Q(q scale) Q(k)^T + bias) -> Q(attn) Q(v) with integer products.
 
     Args:
         q, k, v: (..., N, d) float (q unscaled).
-        bias: broadcastable to (..., N, N): relative-position bias plus the shift mask.
+        bias: broadcastable to (..., N, N): the relative-position bias (plus the shift mask,
+            unless ``mask`` brings it).
         scale: d ** -0.5.
         qp: (4, 4) fp32, rows q, k, attn, v, each ``[l, u, s, z]``.
         bits: activation bits (2, 3 or 4).
@@ -84,6 +86,9 @@ def window_attention_int_ref(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scal
         rotate: False quantizes the operands as they are (2DQuant): no rotation, no padding.
         row_mean: (not with rotate) each operand row's mean along the contraction axis stays FP
             and the centred rest is quantized (QuantConfig.row_mean).
+        mask: None or a second term broadcastable to (..., N, N), the shift mask (e.g. (nW, 1, N,
+            N) against q of shape (B, nW, heads, N, d)): the logits take ``bias + mask``, summed
+            first, as the model sums them.
     Returns:
         fp32 (..., N, d).
     """
@@ -93,6 +98,8 @@ def window_attention_int_ref(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scal
         raise ValueError("row_mean needs rotate=False (with the rotation the exact DC keeps the offset)")
     if not rotate:
         keep_dc = False
+    if mask is not None:
+        bias = bias + mask
     c_d = next_pow2(d) - keep_dc if rotate else d
     c_n = next_pow2(n_tok) - keep_dc if rotate else n_tok
 
@@ -134,11 +141,13 @@ def _load_triton():
 
 
 def window_attention_int(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, qp: Tensor, bits: int,
-                         keep_dc: bool, rotate: bool = True, row_mean: bool = False) -> Tensor:
+                         keep_dc: bool, rotate: bool = True, row_mean: bool = False,
+                         mask: Tensor | None = None) -> Tensor:
     """Matches :func:`window_attention_int_ref`; CUDA tensors run the fused Triton kernel
-    (the N x N scores never reach memory) where the operands are rotated (so never with row_mean)."""
+    (the N x N scores never reach memory, nor the sum of bias and mask) where the operands are
+    rotated (so never with row_mean)."""
     if bits not in (2, 3, 4):
         raise ValueError(f"bits must be 2, 3 or 4, got {bits}")
     if not q.is_cuda or not rotate or q.shape[-2] > 64 or q.shape[-1] > 32:   # the fused kernel's limits
-        return window_attention_int_ref(q, k, v, bias, scale, qp, bits, keep_dc, rotate, row_mean)
-    return _load_triton().window_attention_int_triton(q, k, v, bias, scale, qp, bits, keep_dc)
+        return window_attention_int_ref(q, k, v, bias, scale, qp, bits, keep_dc, rotate, row_mean, mask)
+    return _load_triton().window_attention_int_triton(q, k, v, bias, scale, qp, bits, keep_dc, mask=mask)

@@ -86,6 +86,7 @@ def _int_product(ar, ca, sa, za, br, cb, sb, zb, k_idx, count, KEEP_DC: tl.const
 def _window_attention_int_kernel(
     q_ptr, k_ptr, v_ptr,     # (G0, G1, G2, L, D) inputs (one dtype), element strides stride_{q,k,v}{0,1,2,l,d}
     bias_ptr,                # (G0, G1, G2, L, L) float bias view, strides stride_b{0,1,2,l,m} (0 where broadcast)
+    mask_ptr,                # the same for the shift mask, strides stride_m{0,1,2,l,n} (only if HAS_MASK)
     out_ptr,                 # fp32 output, contiguous (G0 * G1 * G2, L, D)
     qk_ptr,                  # int32 (G0 * G1 * G2, L, L) q.k^T accumulator, contiguous (only if WRITE_QK)
     qp_ptr,                  # fp32 (4, 4) contiguous: rows q, k, attn, v, each [l, u, s, z]
@@ -95,6 +96,7 @@ def _window_attention_int_kernel(
     stride_k0, stride_k1, stride_k2, stride_kl, stride_kd,
     stride_v0, stride_v1, stride_v2, stride_vl, stride_vd,
     stride_b0, stride_b1, stride_b2, stride_bl, stride_bm,
+    stride_m0, stride_m1, stride_m2, stride_ml, stride_mn,
     scale,                   # q's scale d^-0.5 (fp32)
     qmax,                    # 2^bits - 1, as a float
     count_d,                 # quantized coefficients per head-dim sum: D_N - KEEP_DC, as a float
@@ -110,6 +112,7 @@ def _window_attention_int_kernel(
     IN_DOT: tl.constexpr,        # operand type of their +-1 products
     P_DOT: tl.constexpr,         # operand type of the probabilities' (fp32, split) +-1 products
     WRITE_QK: tl.constexpr,      # store the int32 q.k^T accumulator to qk_ptr (tests)
+    HAS_MASK: tl.constexpr,      # add the mask tile to the bias tile (in the bias's dtype, as torch)
 ):
     g = tl.program_id(0).to(tl.int64)
     i2 = g % G2
@@ -137,6 +140,10 @@ def _window_attention_int_kernel(
                  mask=tok_ok[:, None] & tok_ok[None, :])
     b_base = bias_ptr + i0 * stride_b0 + i1 * stride_b1 + i2 * stride_b2
     bias = _load_tile(b_base, tok, stride_bl, tok_ok, tok, stride_bm, tok_ok)
+    if HAS_MASK:   # bias + mask rounded to their (common) dtype: torch's sum, bit for bit
+        m_base = mask_ptr + i0 * stride_m0 + i1 * stride_m1 + i2 * stride_m2
+        m = _load_tile(m_base, tok, stride_ml, tok_ok, tok, stride_mn, tok_ok)
+        bias = cast_out(bias.to(tl.float32) + m.to(tl.float32), bias_ptr.dtype.element_ty)
     y = y + bias.to(tl.float32)
     y = tl.where(tok_ok[None, :], y, float("-inf"))              # padded keys take no probability
     e = tl.exp(y - tl.max(y, axis=1)[:, None])
@@ -161,14 +168,20 @@ def _as_5d(t: Tensor) -> Tensor:
 
 
 def window_attention_int_triton(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, qp: Tensor, bits: int,
-                                keep_dc: bool, *, qk_acc_out: Tensor | None = None) -> Tensor:
+                                keep_dc: bool, *, mask: Tensor | None = None,
+                                qk_acc_out: Tensor | None = None) -> Tensor:
     """Matches :func:`window_attention_int_ref`, fused: the scores stay in registers.
 
     Args:
         q, k, v: (..., N, d), one dtype of fp32/fp16/bf16, any strides (q unscaled); N <= 64,
             d <= 32. CUDA, or CPU under ``TRITON_INTERPRET=1``.
         bias: fp32/fp16/bf16 broadcastable to (..., N, N), e.g. (heads, N, N) or, for q of shape
-            (B, nW, heads, N, d), (nW, heads, N, N): relative-position bias plus the shift mask.
+            (B, nW, heads, N, d), (nW, heads, N, N): relative-position bias (plus the shift mask,
+            unless ``mask`` brings it).
+        mask: None or fp32/fp16/bf16 broadcastable to (..., N, N), e.g. (nW, 1, N, N) for q of
+            shape (B, nW, heads, N, d): the shift mask, read through its own broadcast strides and
+            added to the bias tile in-kernel (``bias + mask`` in their promoted dtype), so the
+            (nW, heads, N, N) sum is never built.
         scale: d ** -0.5.
         qp: (4, 4) fp32, rows q, k, attn, v, each ``[l, u, s, z]``; read in-kernel.
         bits: activation bits (2, 3 or 4).
@@ -178,8 +191,8 @@ def window_attention_int_triton(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, s
     Returns:
         fp32 (..., N, d), contiguous.
     Raises:
-        ValueError: bits not in (2, 3, 4), mismatched shapes or dtypes, N > 64, d > 32, a bias that
-            does not broadcast, qp not of 16 elements, or a bad qk_acc_out.
+        ValueError: bits not in (2, 3, 4), mismatched shapes or dtypes, N > 64, d > 32, a bias or
+            mask that does not broadcast, qp not of 16 elements, or a bad qk_acc_out.
 
     Example:
         >>> out = window_attention_int_triton(q, k, v, rpb, 10 ** -0.5, qp, 4, True)  # q: (B, 6, 64, 10)
@@ -197,11 +210,22 @@ def window_attention_int_triton(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, s
                          f"got N={n_tok}, d={d}")
     if bias.dtype not in FLOAT_DTYPES:
         raise ValueError(f"bias must be fp32/fp16/bf16, got {bias.dtype}")
+    if mask is not None and mask.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"mask must be fp32/fp16/bf16, got {mask.dtype}")
+    if mask is not None and mask.dtype != bias.dtype:   # the sum's dtype, as torch promotes (small copies)
+        common = torch.promote_types(bias.dtype, mask.dtype)
+        bias, mask = bias.to(common), mask.to(common)
     lead = tuple(q.shape[:-2])
-    try:
-        bias_b = bias.to(q.device).expand(*lead, n_tok, n_tok)
-    except RuntimeError:
-        raise ValueError(f"bias of shape {tuple(bias.shape)} does not broadcast to {(*lead, n_tok, n_tok)}") from None
+
+    def broadcast(t: Tensor, what: str) -> Tensor:
+        try:
+            return t.to(q.device).expand(*lead, n_tok, n_tok)
+        except RuntimeError:
+            raise ValueError(f"{what} of shape {tuple(t.shape)} does not broadcast to {(*lead, n_tok, n_tok)}") \
+                from None
+
+    bias_b = broadcast(bias, "bias")
+    mask_b = None if mask is None else broadcast(mask, "mask")
     if qp.numel() != 16:
         raise ValueError(f"qp must be (4, 4) (rows q, k, attn, v), got shape {tuple(qp.shape)}")
     qp = qp.to(device=q.device, dtype=torch.float32).contiguous()
@@ -213,15 +237,16 @@ def window_attention_int_triton(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, s
     if groups == 0:
         return out
     q5, k5, v5, b5 = (_as_5d(t) for t in (q, k, v, bias_b))
+    m5 = b5 if mask_b is None else _as_5d(mask_b)
     d_n, l_n = next_pow2(d), next_pow2(n_tok)
     in_split, in_dot = dot_dtype(q)
     _window_attention_int_kernel[(groups,)](
-        q5, k5, v5, b5, out, out if qk_acc_out is None else qk_acc_out, qp,
+        q5, k5, v5, b5, m5, out, out if qk_acc_out is None else qk_acc_out, qp,
         q5.shape[1], q5.shape[2], n_tok, d,
-        *q5.stride(), *k5.stride(), *v5.stride(), *b5.stride(),
+        *q5.stride(), *k5.stride(), *v5.stride(), *b5.stride(), *m5.stride(),
         float(scale), float(2 ** bits - 1), float(d_n - keep_dc), float(l_n - keep_dc),
         D_N=d_n, DP=max(d_n, 32), L_N=l_n, LP=max(l_n, 32),
         INV_SQRT_D=1.0 / d_n ** 0.5, INV_SQRT_L=1.0 / l_n ** 0.5, KEEP_DC=keep_dc,
         IN_SPLIT=in_split, IN_DOT=in_dot, P_DOT=exact_bf16(q.device), WRITE_QK=qk_acc_out is not None,
-        num_warps=4, enable_fp_fusion=False)
+        HAS_MASK=mask_b is not None, num_warps=4, enable_fp_fusion=False)
     return out

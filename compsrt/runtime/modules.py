@@ -25,7 +25,6 @@ from ..kernels.hadamard_quant import hadamard_quant, quantize_ref
 from ..kernels.packed_linear import code_sum_term, linear_int8, packed_linear
 from ..kernels.quant_step import step_and_zero
 from ..kernels.window_attention_int import window_attention_int
-from ..model.swinir import with_shift_mask
 
 
 def runtime_params(raw: Tensor, bits: int) -> Tensor:
@@ -197,8 +196,8 @@ class PackedAttend(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float,
                 mask: Tensor | None = None) -> Tensor:
-        """``mask``: None or the (nW, N, N) shift mask, added to the bias (the fused CPU kernel adds
-        it per window; elsewhere :func:`compsrt.model.swinir.with_shift_mask`, as Attend)."""
+        """``mask``: None or the (nW, N, N) shift mask, added to the bias (the fused CPU and Triton
+        kernels add it per window, never building the (nW, heads, N, N) sum)."""
         if (q.device.type == "cpu" and cpu_kernels.attention_supported(q)
                 and cpu_kernels.available()):
             # Fused CPU kernel; its 5-d output lies in memory as (B, nW, N, heads, d), so the
@@ -210,6 +209,8 @@ class PackedAttend(nn.Module):
             return cpu_kernels.window_attention_int_cpu(q, k, v, bias, scale, self.qp, self.bits, self.keep_dc,
                                                         self.rotate, self.row_mean,
                                                         None if mask is None else mask.float())
-        bias = with_shift_mask(bias, mask)
+        # (nW, 1, N, N): broadcast over the heads as :func:`compsrt.model.swinir.with_shift_mask` does;
+        # the fused Triton kernel adds it per window, the reference sums first
+        mask = None if mask is None else mask.float()[:, None]
         return window_attention_int(q.float(), k.float(), v.float(), bias.float(), scale, self.qp, self.bits,
-                                    self.keep_dc, self.rotate, self.row_mean)
+                                    self.keep_dc, self.rotate, self.row_mean, mask)

@@ -128,6 +128,31 @@ def test_shifted_windows_bias_per_window(device):
     assert again.equal(wa.window_attention_int_triton(q, k, v, bias, d ** -0.5, qp, 4, True))
 
 
+@pytest.mark.parametrize("bias_dtype,mask_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float16),
+                                                   (torch.bfloat16, torch.float32)])
+def test_shift_mask_apart(device, bias_dtype, mask_dtype):
+    """The shift mask given apart ((nW, 1, N, N), broadcast over batch and heads) is added to the
+    (heads, N, N) bias in-kernel: the same bits as the bias + mask summed by torch first, in their
+    promoted dtype, and the reference with the mask apart agrees with the reference summed."""
+    b, n_w, heads, n_tok, d = 2, 3, 2, 64, 10
+    q, k, v = _qkv((b, n_w, heads), n_tok, d, torch.float32, device, seed=7)
+    rpb = _randn((heads, n_tok, n_tok), seed=8, std=2.0).to(bias_dtype).to(device)
+    groups = torch.arange(n_tok)[None, :] // 16 + torch.arange(n_w)[:, None]
+    mask = torch.where(groups[:, :, None] == groups[:, None, :], 0.0, -100.0).to(mask_dtype).to(device)
+    summed = rpb + mask[:, None]
+    qp = _qp(q, k, v, summed, d ** -0.5, 4, True)
+    apart = wa.window_attention_int_triton(q, k, v, rpb, d ** -0.5, qp, 4, True, mask=mask[:, None])
+    assert apart.equal(wa.window_attention_int_triton(q, k, v, summed, d ** -0.5, qp, 4, True))
+    ref = window_attention_int_ref(q, k, v, rpb, d ** -0.5, qp, 4, True, mask=mask[:, None])
+    assert ref.equal(window_attention_int_ref(q, k, v, summed, d ** -0.5, qp, 4, True))
+    # and the mask matters: without it the output is another one
+    assert not apart.equal(wa.window_attention_int_triton(q, k, v, rpb, d ** -0.5, qp, 4, True))
+    with pytest.raises(ValueError, match="mask of shape"):
+        wa.window_attention_int_triton(q, k, v, rpb, d ** -0.5, qp, 4, True, mask=mask)   # (nW, N, N): not over heads
+    with pytest.raises(ValueError, match="mask must be"):
+        wa.window_attention_int_triton(q, k, v, rpb, d ** -0.5, qp, 4, True, mask=mask.bool()[:, None])
+
+
 def test_more_than_three_leading_dims(device):
     """Leading dims beyond three are merged; the bias broadcasts over the outer ones."""
     q, k, v = _qkv((2, 1, 2, 2), 16, 10, torch.float32, device, seed=3)
