@@ -76,7 +76,7 @@ def table(root: Path) -> str:
     from compsrt.analysis.significance import per_image
 
     lines = ["| run | scale | bits | method | layers | bytes | " + " | ".join(f"{s} PSNR / SSIM" for s in SETS)
-             + " | unclamped codes (Set5 / Set14 / B100) | Table 12 (Set5 / Set14 / B100) |",
+             + " | unclamped codes: PSNR (Set5 / Set14 / B100); levels | Table 12 (Set5 / Set14 / B100) |",
              "|---" * (8 + len(SETS)) + "|"]
     for name, (scale, bits, method, layers) in RUNS.items():
         ev_path = root / name / "eval.json"
@@ -86,8 +86,12 @@ def table(root: Path) -> str:
         size = (root / name / "model.safetensors").stat().st_size
         paper = PAPER.get((scale, bits)) if method == "compsrt" and layers == "official" else None
         unc = root / f"{name}_unclamped" / "report.json"
-        unc_ev = json.loads(unc.read_text())["levels"].get("eval", {}) if unc.exists() else {}
+        lv = json.loads(unc.read_text())["levels"] if unc.exists() else {}
+        unc_ev = lv.get("eval", {})
         unclamped = " / ".join(f"{unc_ev[k]['psnr_db']:.3f}" for k in SETS if k in unc_ev) or "-"
+        if lv:   # how many levels the unclamped quantizers span (a b-bit code holds 2^b)
+            unclamped += (f"; median {lv['median_levels']:g}, max {lv['max_levels']}, mean "
+                          f"{lv['mean_log2_levels']:.2f} bits")
         lines.append(f"| {name} | x{scale} | W{bits}A{bits} | {method} | {layers} | {size:,} | "
                      + " | ".join(f"{m[k][0]:.3f} / {m[k][1]:.4f}" if k in m else "-" for k in SETS)
                      + f" | {unclamped} | {' / '.join(f'{v:.2f}' for v in paper) if paper else '-'} |")

@@ -145,9 +145,15 @@ def test_mambairv2_runs_table(tmp_path, capsys):
         results = {s: {"psnr_db": 30 + bump, "ssim": 0.9, "images": [
             {"image": f"{i}.png", "psnr_db": 30 + bump + i / 10, "ssim": 0.9} for i in range(4)]} for s in mod.SETS}
         (out / "eval.json").write_text(json.dumps({"results": results}))
+    unc = tmp_path / "x2_w2_compsrt_official_unclamped"   # the unclamped-codes diagnostic's report
+    unc.mkdir()
+    (unc / "report.json").write_text(json.dumps({"levels": {
+        "median_levels": 6, "max_levels": 9, "mean_log2_levels": 2.5,
+        "eval": {s: {"psnr_db": 31.0, "ssim": 0.91} for s in mod.SETS}}}))
     assert mod.main(["table", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| x2_w2_compsrt_official | x2 | W2A2 | compsrt | official | 10 | 30.100 / 0.9000" in out
+    assert "| 31.000 / 31.000 / 31.000; median 6, max 9, mean 2.50 bits | 38.15 / 33.90 / 32.29 |" in out
     assert "| x2 W2 official | 12 | +0.100 | 12 |" in out
 
 
