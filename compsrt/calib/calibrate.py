@@ -420,6 +420,7 @@ def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantCon
     report.step_mode = f"eager ({why_eager})" if why_eager else "cuda graph"
     graphed, build_graph = None, not why_eager
     t_start, done_here = time.perf_counter(), 0
+    spent = report.finetune_seconds   # what a resumed state's earlier runs spent finetuning
     budget.loop_started()
     bar = tqdm(range(start, cfg.iters), initial=start, total=cfg.iters, desc=f"DQC w{quant.bits}a{quant.bits}",
                disable=not progress or not main)
@@ -471,6 +472,7 @@ def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantCon
                     report.best_fidelity_db, report.best_val_psnr_db = fid, score
                     report.best_iter, best = report.iters_done, _qstate(student)
                 if state_path is not None:
+                    report.finetune_seconds = spent + time.perf_counter() - t_start
                     _save_state(state_path, student, opt, report.iters_done, best, report, run)
             interrupted = interrupt.requested
             if dist.joined:   # rank 0's run length (its budget), anyone's Ctrl-C
@@ -478,11 +480,12 @@ def calibrate(fp: nn.Module, train: list[Pair], val: list[Pair], quant: QuantCon
             if interrupted:
                 saved = state_path is not None
                 if saved and main:
+                    report.finetune_seconds = spent + time.perf_counter() - t_start
                     _save_state(state_path, student, opt, report.iters_done, best, report, run)
                 raise CalibrationInterrupted(report.iters_done, saved)
             if report.iters_done >= cfg.iters:
                 break
-    report.finetune_seconds += time.perf_counter() - t_start
+    report.finetune_seconds = spent + time.perf_counter() - t_start   # all runs' (up to their last state)
     if done_here:
         report.seconds_per_iter = (time.perf_counter() - t_start) / done_here
     for tap in taps or ():

@@ -4,6 +4,7 @@ round-trip, and the CLI turns bad flags into one-line errors."""
 from __future__ import annotations
 
 import copy
+import json
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 
 from compsrt.calib.calibrate import calibrate, cosine_lr_, quant_optimizer
 from compsrt.calib.dobi import dobi
@@ -375,8 +377,11 @@ def test_resume_after_an_interruption_continues_exactly(fp_model, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         run()
     monkeypatch.setattr(cal, "random_patches", real)
+    with safe_open(str(tmp_path / "state.safetensors"), "pt") as f:
+        first = json.loads(f.metadata()["report"])["finetune_seconds"]   # the first run's 3 iterations
     resumed, rep = run(resume=True)
     assert rep.history == rep_whole.history and rep.iters_done == 6
+    assert 0 < first < rep.finetune_seconds   # the report counts both runs' finetuning
     for a, b in zip(quant_parameters(whole), quant_parameters(resumed)):
         assert torch.equal(a, b)
 
