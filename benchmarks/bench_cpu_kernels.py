@@ -19,6 +19,8 @@ windows of 64 tokens, 6 heads, head dim 10. ``torch.set_num_threads(1)`` for eve
   one qkv tensor, as SwinIR makes them. For ``shifted``, ``fused_mask_apart`` is what the runtime
   now does (the (256, 64, 64) mask given beside the position bias, added in the kernel) and
   ``fused_summed`` what it did before (the sum built per call, then read), the sum's time included.
+- ``test_window_attention_mambairv2``: the same at MambaIRv2-light's windows (64 windows of 256
+  tokens, 4 heads, head dim 12).
 """
 from __future__ import annotations
 
@@ -179,4 +181,32 @@ def test_window_attention(benchmark, impl, layout):
         def fn():   # SwinIR's Attend
             return ((q * scale) @ k.transpose(-2, -1) + bias).softmax(-1) @ v
     _run(benchmark, fn, f"window_attention-{layout}", impl=impl, q_shape=list(q.shape),
+         bias_shape=list(bias.shape), bits=BITS, keep_dc=True)
+
+
+MAMBA_WINDOWS, MAMBA_HEADS, MAMBA_TOKENS, MAMBA_HEAD_DIM = 64, 4, 256, 12
+
+
+@pytest.mark.parametrize("impl", ["fused", "ref", "fp"])
+def test_window_attention_mambairv2(benchmark, impl):
+    """MambaIRv2-light's window attention (the ``full`` layer set quantizes its products): 16 x 16
+    windows of a 128 x 128 LR image, 64 windows of 256 tokens, 4 heads, head dim 12 (-> 16)."""
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(MAMBA_WINDOWS, MAMBA_TOKENS, 3, MAMBA_HEADS, MAMBA_HEAD_DIM, generator=g).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]                                     # (nW, heads, N, d), strided
+    bias = 2.0 * torch.randn(MAMBA_HEADS, MAMBA_TOKENS, MAMBA_TOKENS, generator=g)
+    s = [2.0 / 15, 4.0 / 15, 0.02 / 15, 4.0 / 15]
+    qp = torch.tensor([[-1.0, 1.0, s[0], -1.0 - 0.3 * s[0]], [-2.0, 2.0, s[1], -2.0 - 0.3 * s[1]],
+                       [-0.01, 0.01, s[2], -0.01 - 0.3 * s[2]], [-2.0, 2.0, s[3], -2.0 - 0.3 * s[3]]])
+    scale = MAMBA_HEAD_DIM ** -0.5
+    if impl == "fused":
+        def fn():
+            return ck.window_attention_int_cpu(q, k, v, bias, scale, qp, BITS, True)
+    elif impl == "ref":
+        def fn():
+            return window_attention_int_ref(q, k, v, bias, scale, qp, BITS, True)
+    else:
+        def fn():
+            return ((q * scale) @ k.transpose(-2, -1) + bias).softmax(-1) @ v
+    _run(benchmark, fn, "window_attention-mambairv2", impl=impl, q_shape=list(q.shape),
          bias_shape=list(bias.shape), bits=BITS, keep_dc=True)

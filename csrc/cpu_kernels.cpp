@@ -49,7 +49,7 @@ typedef int32_t vi __attribute__((vector_size(64)));
 typedef int8_t vb __attribute__((vector_size(16)));
 
 constexpr int NMAX = 4096;     // rotate_quantize: largest n
-constexpr int TOK_MAX = 64;    // attention: most tokens per window
+constexpr int TOK_MAX = 256;   // attention: most tokens per window (MambaIRv2's 16 x 16)
 constexpr int DMAX = 32;       // attention: largest head dim
 
 INL vf splat(float a) { return vf{a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
@@ -386,7 +386,7 @@ struct AttnArgs {
   const Quant *quq, *quk, *qua, *quv;
 };
 
-// Per-thread scratch (reused across tasks, about 7 KB).
+// Per-thread scratch (reused across tasks, about 25 KB).
 struct AttnScratch {
   alignas(64) vi qpack[DMAX / 4][TOK_MAX / L];   // q codes: word t of token i = its codes 4t..4t+3
   alignas(64) int32_t kpack[DMAX / 4][TOK_MAX];  // k codes, same packing
@@ -547,7 +547,7 @@ void attn_task(const float* qb, int64_t qts, const float* kb, int64_t kts, const
     }
     // p = e * (1/sum), then stages 1, 2, 4 of the rotation (keys 8a .. 8a + 7) and 1/sqrt(N): the
     // rotation is linear, so the normalization is applied once after it (one multiply by
-    // fl(1/sum * 1/sqrt(N)), the same rounding as p * 1/sqrt(N) for N = 16 and 64, where
+    // fl(1/sum * 1/sqrt(N)), the same rounding as p * 1/sqrt(N) for N = 16, 64 and 256, where
     // 1/sqrt(N) is a power of two); unrotated, p = e * (1/sum) exactly as torch.
     const vf rs = splat(1.f) / (s0 + s1);
     const vf sc = A.rotate ? rs * inv_n : rs;
@@ -620,6 +620,8 @@ AttnFn attn_fn(int N) {
     case 16: return attn_task<1>;
     case 32: return attn_task<2>;
     case 64: return attn_task<4>;
+    case 128: return attn_task<8>;
+    case 256: return attn_task<16>;
     default: return nullptr;
   }
 }
@@ -883,7 +885,7 @@ int compsrt_packed_linear(const float* x, int64_t M, int64_t C, int64_t ldx, int
 //   mask: fp32 (W, N, N) additive shift mask, window stride smw, row stride smr, columns contiguous,
 //         added to the bias (bias + mask, in that order) before the logits; or NULL. Passing it apart
 //         spares the caller a (W, H, N, N) sum per call.
-//   B, W, H: batch, windows, heads; N: tokens (16, 32 or 64); d: head dim (1..32).
+//   B, W, H: batch, windows, heads; N: tokens (16, 32, 64, 128 or 256); d: head dim (1..32).
 //   scale: q's multiplier (used as fp32, as q * scale in torch).
 //   qp: (4, 4) fp32, rows q, k, attn, v, each [l, u, s, z].
 //   bits: 1..7. keep_dc: exact DC (ignored without rotate, as the ref). rotate: 0 = 2DQuant.

@@ -49,7 +49,7 @@ SOURCE = "cpu_kernels.cpp"
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp", "-march=native", "-ffp-contract=off", "-std=c++17")
 ABI_VERSION = 6
 NMAX = 4096                      # rotate_quantize: largest n
-ATTN_TOKENS = (16, 32, 64)       # window_attention_int_cpu: supported N
+ATTN_TOKENS = (16, 32, 64, 128, 256)   # window_attention_int_cpu: supported N
 ATTN_DMAX = 32                   # window_attention_int_cpu: largest head dim
 
 _NO_GXX = "g++ not found: install a C++ compiler (e.g. apt-get install g++) for the fused CPU kernels"
@@ -472,7 +472,7 @@ def linear_supported(n: int, per: int) -> bool:
 
 
 def attention_supported(q: Tensor) -> bool:
-    """Whether :func:`window_attention_int_cpu` takes q's window shape (N in 16/32/64, d <= 32)."""
+    """Whether :func:`window_attention_int_cpu` takes q's window shape (N in :data:`ATTN_TOKENS`, d <= 32)."""
     return q.ndim >= 3 and q.shape[-2] in ATTN_TOKENS and 1 <= q.shape[-1] <= ATTN_DMAX
 
 
@@ -491,7 +491,7 @@ def window_attention_int_cpu(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scal
     Args:
         q, k, v: fp32 (B, nW, heads, N, d) CPU (or 3- or 4-d: leading 1s are implied), any
             strides with the last dimension contiguous (SwinIR's views of one qkv tensor); q
-            unscaled; N in 16, 32, 64; d <= 32.
+            unscaled; N in 16, 32, 64, 128, 256; d <= 32.
         bias: fp32 broadcastable to (B, nW, heads, N, N) ((heads, N, N) or (nW, heads, N, N)),
             any strides (read with gathers: SwinIR's rpb + mask sum, heads innermost, is not copied).
         scale: q's multiplier (d ** -0.5), used in fp32.

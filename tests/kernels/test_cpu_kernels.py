@@ -359,7 +359,7 @@ def test_window_attention_row_mean_matches_ref(bits, layout):
     assert (plain - want).abs().mean() > 0.1 * want.abs().mean()
 
 
-@pytest.mark.parametrize("n,d", [(16, 20), (32, 4), (64, 16), (16, 32), (64, 1)])
+@pytest.mark.parametrize("n,d", [(16, 20), (32, 4), (64, 16), (16, 32), (64, 1), (128, 12), (256, 12), (256, 32)])
 @pytest.mark.parametrize("rotate", [True, False], ids=["rot", "norot"])
 def test_window_attention_other_sizes(n, d, rotate):
     g = torch.Generator().manual_seed(n + d)
